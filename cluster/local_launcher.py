@@ -1,0 +1,27 @@
+"""Run the trainer without Ray: in this process (1 worker) or in spawned gloo ranks.
+
+For debugging and tests; Ray Train (``ray_launcher``) is the default launcher.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict
+
+from compactrec.sharding.env import close_process_group, free_port, init_process_group, spawn
+from compactrec.trainer.config import RunConfig, config_to_dict
+from compactrec.trainer.entry import spawned_worker, worker_main
+from compactrec.trainer.loop import run_dir
+
+
+def run_local(cfg: RunConfig) -> Dict[str, Any]:
+    config = config_to_dict(cfg)
+    n = cfg.cluster.num_workers
+    if n == 1:
+        init_process_group(0, 1, free_port())
+        try:
+            return worker_main(config)
+        finally:
+            close_process_group()
+    spawn(spawned_worker, n, config)
+    return json.loads((run_dir(cfg) / "metrics.json").read_text())

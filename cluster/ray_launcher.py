@@ -1,0 +1,81 @@
+"""Run the trainer on Ray Train workers: ``TorchTrainer`` over ``worker_main``.
+
+Orchestration only: each worker builds, shards and trains its model; this starts the
+workers (a local Ray cluster, or ``cluster.address``) and collects rank 0's metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator
+
+from compactrec.trainer.config import RunConfig, config_to_dict
+from compactrec.trainer.entry import worker_main
+from compactrec.trainer.loop import run_dir
+
+
+# Without the dashboard, Ray Train's placement-group cleaner warns every few seconds that
+# the state API is unavailable; workers log FBGEMM's library loads at INFO.
+_QUIET: Dict[str, Any] = {"logging_level": logging.WARNING}
+
+
+@contextmanager
+def ray_session(cfg: RunConfig) -> Iterator[None]:
+    """``ray.init`` for the run (a local cluster unless ``cluster.address``), then shutdown."""
+    import ray
+
+    _QUIET.setdefault("logging_config", ray.LoggingConfig(encoding="TEXT", log_level="ERROR"))
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no ~/.ray/auth_token for local runs
+    if ray.is_initialized():
+        yield
+        return
+    if cfg.cluster.address:
+        ray.init(address=cfg.cluster.address, log_to_driver=True, **_QUIET)
+    else:
+        need = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker
+        ray.init(
+            num_cpus=max(need, os.cpu_count() or 1),
+            num_gpus=None if cfg.cluster.use_gpu else 0,
+            include_dashboard=False,
+            log_to_driver=True,
+            **_QUIET,
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def run_ray(cfg: RunConfig) -> Dict[str, Any]:
+    """One training run on ``cluster.num_workers`` Ray Train workers; returns its metrics."""
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    storage = Path(cfg.runs_dir).resolve() / "_ray"
+    trainer = TorchTrainer(
+        worker_main,
+        train_loop_config=config_to_dict(cfg),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.cluster.num_workers,
+            use_gpu=cfg.cluster.use_gpu,
+            resources_per_worker={"CPU": cfg.cluster.cpus_per_worker},
+        ),
+        run_config=RayRunConfig(name=cfg.name, storage_path=str(storage)),
+    )
+    with ray_session(cfg):
+        try:
+            trainer.fit()
+        except Exception as e:  # Ray wraps worker errors; surface the worker's own message
+            raise RuntimeError(f"training failed on a Ray worker: {_root_message(e)}") from e
+    return json.loads((run_dir(cfg) / "metrics.json").read_text())
+
+
+def _root_message(e: BaseException) -> str:
+    """The last line of the innermost error text (the worker's own exception)."""
+    text = str(e).strip().splitlines()
+    return text[-1] if text else type(e).__name__

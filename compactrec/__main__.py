@@ -1,0 +1,3 @@
+from compactrec.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,254 @@
+"""Typed run configuration: dataclass schema + YAML files + dotted ``key=value`` overrides.
+
+Every section is a small dataclass that the component it configures takes on its own
+(``build_embeddings(cfg.embedding, ...)``), so no component sees the whole job. A YAML
+file states only what differs from the defaults below; the defaults ARE the embedded demo.
+
+Example::
+
+    cfg = load_config("configs/demo.yaml", ["embedding.kind=full", "trainer.max_steps=10"])
+    cfg.data.batch_size  # 512
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the file and the key."""
+
+
+@dataclass
+class SynthConfig:
+    """Synthetic Criteo-shaped data with a planted teacher (see ``trainer/data/synthetic.py``)."""
+
+    rows_train: int = 160_000
+    rows_eval: int = 40_000
+    shards_train: int = 4
+    shards_eval: int = 2
+    row_group_size: int = 20_000
+    cardinalities: str = "criteo_tb_40m"  # criteo_tb_40m | criteo_kaggle
+    scale: float = 1e-3  # N_f -> max(min(N_f, min_cardinality), round(N_f * scale))
+    min_cardinality: int = 16
+    zipf_min: float = 1.05  # per-feature Zipf exponent drawn uniformly in [zipf_min, zipf_max]
+    zipf_max: float = 1.3
+    latent_dim: int = 8  # teacher's per-id latent vectors
+    id_effect: float = 0.8  # std of the summed per-id latent signal
+    dense_effect: float = 0.5
+    bias: float = -1.2  # teacher intercept: sets the base click rate
+    multi_hot_features: int = 0  # the last K categorical features become list<int64> bags
+    multi_hot_max_len: int = 4
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where the Parquet shards are and how ranks read them."""
+
+    path: str = "data/demo"  # a folder with _manifest.json and one sub-folder per split
+    train_split: str = "train"
+    eval_split: str = "eval"
+    batch_size: int = 512  # per rank
+    eval_batch_size: int = 4096  # per rank
+    prefetch_batches: int = 8  # bounded queue of the background reader thread
+    shuffle: bool = True  # row-group order per epoch (seeded) + rows within each row group
+    dense_transform: str = "log1p"  # log1p (clamp negatives to 0, then log(x + 1)) | none
+    validate: bool = True  # check ids < cardinality, ids >= 0, labels finite and in {0, 1}
+    synthesize_if_missing: bool = False  # generate `synth` data at `path` when absent
+
+
+@dataclass
+class ModelConfig:
+    """The dense part of the model; the embedding module is injected."""
+
+    arch: str = "dlrm"  # dlrm | dcn
+    embedding_dim: int = 16
+    dense_arch: List[int] = field(default_factory=lambda: [64, 16])  # last == embedding_dim
+    over_arch: List[int] = field(default_factory=lambda: [64, 32, 1])  # last == 1
+    dcn_num_layers: int = 3
+    dcn_low_rank_dim: int = 16
+
+
+@dataclass
+class EmbeddingConfig:
+    """Which embedding method; each method's own knobs live in its sub-config."""
+
+    kind: str = "full"  # full | hash | qr | memcom | mixed_dim | cafe
+
+
+@dataclass
+class CompressionConfig:
+    """Target size of the embeddings: a ratio over the full tables, or a byte budget."""
+
+    ratio: Optional[float] = None
+    bytes: Optional[int] = None
+
+
+@dataclass
+class OptimConfig:
+    """Dense optimizer (torch) and fused sparse optimizer (FBGEMM, applied in backward)."""
+
+    dense: str = "adagrad"  # adagrad | adam | sgd
+    dense_lr: float = 0.02
+    sparse: str = "rowwise_adagrad"  # rowwise_adagrad | adagrad | sgd
+    sparse_lr: float = 0.05
+    eps: float = 1e-8
+
+
+@dataclass
+class ShardingConfig:
+    """Which TorchRec sharding types the planner may pick; kernels are always fused."""
+
+    types: List[str] = field(default_factory=lambda: ["table_wise", "row_wise"])
+    per_table: Dict[str, List[str]] = field(default_factory=dict)  # table name -> types
+
+
+@dataclass
+class TrainerConfig:
+    launcher: str = "ray"  # ray | local
+    epochs: int = 1
+    max_steps: int = -1  # per epoch cap; -1 = the whole split
+    log_every: int = 50
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    progress_bar: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class ClusterConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    address: str = ""  # empty: start a local Ray cluster
+    torch_threads: int = 1  # intra-op threads per worker on CPU
+
+
+@dataclass
+class RunConfig:
+    name: str = "demo"
+    runs_dir: str = "runs"  # a run writes runs_dir/name/metrics.json
+    data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # Grid of dotted keys -> values, expanded by `compactrec sweep` (one run per point).
+    sweep: Dict[str, List[Any]] = field(default_factory=dict)
+
+
+_CHOICES: Dict[str, Sequence[str]] = {
+    "model.arch": ("dlrm", "dcn"),
+    "embedding.kind": ("full", "hash", "qr", "memcom", "mixed_dim", "cafe"),
+    "optim.dense": ("adagrad", "adam", "sgd"),
+    "optim.sparse": ("rowwise_adagrad", "adagrad", "sgd"),
+    "trainer.launcher": ("ray", "local"),
+    "trainer.device": ("auto", "cpu", "cuda"),
+    "data.dense_transform": ("log1p", "none"),
+    "synth.cardinalities": ("criteo_tb_40m", "criteo_kaggle"),
+}
+
+
+def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        reason = str(e).splitlines()[0]
+        raise ConfigError(f"{where}: bad key '{key}': {reason}") from None
+
+
+def _check(cfg: RunConfig, where: str) -> None:
+    for key, allowed in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{where}: '{key}' is {value!r}; expected one of {list(allowed)}")
+    if cfg.model.dense_arch[-1] != cfg.model.embedding_dim:
+        raise ConfigError(
+            f"{where}: model.dense_arch must end in model.embedding_dim "
+            f"({cfg.model.dense_arch[-1]} != {cfg.model.embedding_dim})"
+        )
+    if cfg.model.over_arch[-1] != 1:
+        raise ConfigError(f"{where}: model.over_arch must end in 1 (one logit)")
+    if cfg.compression.ratio is not None and cfg.compression.bytes is not None:
+        raise ConfigError(f"{where}: set compression.ratio or compression.bytes, not both")
+    for key in cfg.sweep:
+        _dotted_get(cfg, key, where)  # a sweep over an unknown key fails now, not mid-sweep
+
+
+def _dotted_get(cfg: Any, key: str, where: str) -> Any:
+    node = OmegaConf.structured(cfg) if not isinstance(cfg, DictConfig) else cfg
+    if OmegaConf.select(node, key, default="__missing__") == "__missing__":
+        raise ConfigError(f"{where}: sweep key '{key}' is not a config key")
+    return OmegaConf.select(node, key)
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Defaults <- YAML file <- dotted overrides; returns a validated ``RunConfig``.
+
+    Raises:
+        ConfigError: naming the file (or override) and the key that is unknown or mistyped.
+    """
+    cfg = OmegaConf.structured(RunConfig)
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            loaded = OmegaConf.load(path)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except Exception as e:  # YAML syntax errors come in many types
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        cfg = _merge(cfg, loaded, where)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override '{item}'")
+    run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    _check(run, where)
+    return run
+
+
+def config_to_dict(cfg: RunConfig) -> Dict[str, Any]:
+    """Plain nested dict (for Ray's ``train_loop_config`` and ``metrics.json``)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore
+
+
+def config_from_dict(d: Dict[str, Any]) -> RunConfig:
+    return _to_run(_merge(OmegaConf.structured(RunConfig), d, "config dict"))
+
+
+def _to_run(node: DictConfig) -> RunConfig:
+    return OmegaConf.to_object(node)  # type: ignore[return-value]
+
+
+def with_overrides(cfg: RunConfig, overrides: Dict[str, Any]) -> RunConfig:
+    """A copy of ``cfg`` with dotted keys set (used by sweeps); validated like a file."""
+    node = OmegaConf.structured(copy.deepcopy(cfg))
+    for key, value in overrides.items():
+        _dotted_get(node, key, "sweep")
+        try:
+            OmegaConf.update(node, key, value, merge=False)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"sweep: cannot set '{key}' to {value!r}: {e}") from None
+    run = _to_run(node)
+    _check(run, "sweep")
+    return run
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    from compactrec.trainer.io import atomic_write_text
+
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)))

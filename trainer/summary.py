@@ -1,0 +1,40 @@
+"""The short table a run (or a sweep) prints at the end."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence, Tuple
+
+COLUMNS: List[Tuple[str, str, str]] = [  # (header, metrics key, format)
+    ("run", "name", "{}"),
+    ("method", "embedding_kind", "{}"),
+    ("workers", "world_size", "{}"),
+    ("AUC", "auc", "{:.4f}"),
+    ("Bayes AUC", "bayes_auc", "{:.4f}"),
+    ("logloss", "logloss", "{:.4f}"),
+    ("NE", "ne", "{:.4f}"),
+    ("samples/s", "samples_per_s", "{:,.0f}"),
+    ("emb MB", "embedding_mb", "{:.2f}"),
+    ("ratio", "compression_ratio", "{:.1f}x"),
+]
+
+
+def _cell(fmt: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def summary_table(rows: Sequence[Dict[str, Any]], columns: Sequence[Tuple[str, str, str]] = COLUMNS) -> str:
+    """A Markdown table, one row per run's metrics."""
+    body = []
+    for m in rows:
+        m = {**m, "embedding_mb": m.get("embedding_bytes", 0) / 2**20}
+        body.append([_cell(fmt, m.get(key)) for _, key, fmt in columns])
+    headers = [h for h, _, _ in columns]
+    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), sep, *[line(r) for r in body]])
