@@ -77,10 +77,72 @@ class ModelConfig:
 
 
 @dataclass
+class HashConfig:
+    """Hashing trick: e(i) = E_f[h(i) mod m_f]."""
+
+    rows: Optional[int] = None  # rows per feature; None: from `compression`
+    hash: str = "splitmix64"  # splitmix64 | identity (tests: identity with rows >= N is a full table)
+    seed: int = 0
+
+
+@dataclass
+class QRConfig:
+    """Quotient-remainder: e(i) = W_q[i // m] (op) W_r[i % m], composed per id, then pooled."""
+
+    operation: str = "mult"  # mult | add | concat
+    collisions: Optional[int] = None  # m (remainder rows); None: from `compression`
+    remainder_init: float = 0.01  # mult: W_r ~ U(1 - x, 1 + x) starts near a plain table
+
+
+@dataclass
+class MemComConfig:
+    """MEmCom: e(i) = w[i] * E[h(i) mod m] (+ b[i]); one trainable weight per entity."""
+
+    rows: Optional[int] = None  # m per feature; None: from `compression`
+    hash: str = "splitmix64"  # splitmix64 | identity
+    seed: int = 0
+    scale_init: float = 1.0  # w starts at 1: the start is a plain hashed table
+    bias: bool = False  # optional per-entity scalar bias b[i] added to every dimension
+    pack: int = 4  # entities' scalars per row of the scale table (FBGEMM wants dims % 4 == 0)
+
+
+@dataclass
+class MixedDimConfig:
+    """Mixed-dimension embeddings: block k gets width d_k = lambda * p_k^alpha, projected to d."""
+
+    blocks: str = "rows"  # rows: frequency-ranked row blocks per feature | table: one block per table
+    alpha: Optional[float] = None  # temperature; None: searched to meet `compression`
+    num_blocks: int = 4  # row blocks per feature (rows mode), log-uniform in rank
+    round_dims: bool = False  # round d_k to a power of two (reference option)
+    threshold: int = 200  # table mode: tables with <= threshold rows keep the full width
+    sample_rows: int = 200_000  # training rows counted to rank ids by frequency (rows mode)
+
+
+@dataclass
+class CafeConfig:
+    """CAFE: a HotSketch picks hot ids online; hot ids own a row, the rest share hash rows."""
+
+    hash_rate: float = 0.5  # share of the budget for the hash tables (the rest: hot rows + sketch)
+    hot_rows: Optional[int] = None  # None: from `compression`
+    threshold: float = 20.0  # T: an id is hot once its (decayed) importance reaches T
+    decay: float = 0.99  # scores *= decay once the inserted importance since the last decay > w*T*10
+    slots: int = 4  # slots per sketch bucket
+    importance: str = "grad_norm"  # grad_norm | count
+    levels: int = 1  # hash tables combined (summed) for non-hot ids: 1 = CAFE, >1 = multi-level
+    seed: int = 0
+
+
+@dataclass
 class EmbeddingConfig:
     """Which embedding method; each method's own knobs live in its sub-config."""
 
     kind: str = "full"  # full | hash | qr | memcom | mixed_dim | cafe
+    small_field_rows: int = 200  # features with at most this many ids keep a full table
+    hash: HashConfig = field(default_factory=HashConfig)
+    qr: QRConfig = field(default_factory=QRConfig)
+    memcom: MemComConfig = field(default_factory=MemComConfig)
+    mixed_dim: MixedDimConfig = field(default_factory=MixedDimConfig)
+    cafe: CafeConfig = field(default_factory=CafeConfig)
 
 
 @dataclass
@@ -151,6 +213,11 @@ class RunConfig:
 _CHOICES: Dict[str, Sequence[str]] = {
     "model.arch": ("dlrm", "dcn"),
     "embedding.kind": ("full", "hash", "qr", "memcom", "mixed_dim", "cafe"),
+    "embedding.hash.hash": ("splitmix64", "identity"),
+    "embedding.memcom.hash": ("splitmix64", "identity"),
+    "embedding.qr.operation": ("mult", "add", "concat"),
+    "embedding.mixed_dim.blocks": ("rows", "table"),
+    "embedding.cafe.importance": ("grad_norm", "count"),
     "optim.dense": ("adagrad", "adam", "sgd"),
     "optim.sparse": ("rowwise_adagrad", "adagrad", "sgd"),
     "trainer.launcher": ("ray", "local"),
@@ -171,8 +238,9 @@ def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
 
 def _check(cfg: RunConfig, where: str) -> None:
     for key, allowed in _CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
         if value not in allowed:
             raise ConfigError(f"{where}: '{key}' is {value!r}; expected one of {list(allowed)}")
     if cfg.model.dense_arch[-1] != cfg.model.embedding_dim:

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from compactrec.hashing import splitmix64_np as splitmix64
 from compactrec.trainer.config import SynthConfig
 from compactrec.trainer.data import criteo
 from compactrec.trainer.data.manifest import (
@@ -42,19 +43,7 @@ from compactrec.trainer.data.manifest import (
 from compactrec.trainer.io import atomic_write
 from compactrec.trainer.metrics import auc
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _TABLE_LIMIT = 1 << 22  # materialize a feature's latent table up to this many ids
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finalizer, elementwise on uint64 (wrapping arithmetic)."""
-    x = x.astype(np.uint64, copy=True)
-    x += _GOLDEN
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
 
 
 def _uniform(key: np.ndarray) -> np.ndarray:

@@ -1,0 +1,119 @@
+"""What every compressed embedding module shares.
+
+A method is an ``nn.Module`` that looks like an ``EmbeddingBagCollection`` to the model:
+``forward(KeyedJaggedTensor) -> KeyedTensor`` (keys = the schema's features, each of width
+``dim``) and ``embedding_bag_configs()`` (one virtual config per feature, which TorchRec's
+``SparseArch`` reads for names and width). Inside, a method remaps ids and calls stock
+TorchRec collections (``EmbeddingBagCollection`` / ``EmbeddingCollection``), so FBGEMM does
+the lookups and DMP can shard the tables.
+
+Features with few ids (``small_field_rows``) keep a full table: compressing them saves
+nothing and costs accuracy (ALGORITHMS.md, CAFE).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
+
+from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature
+
+
+def split_features(schema: FeatureSchema, small_field_rows: int) -> Tuple[List[SparseFeature], List[SparseFeature]]:
+    """(kept full, compressed), each in schema order."""
+    small = [f for f in schema.sparse if f.cardinality <= small_field_rows]
+    big = [f for f in schema.sparse if f.cardinality > small_field_rows]
+    return small, big
+
+
+def full_config(f: SparseFeature, dim: int, name: str | None = None) -> EmbeddingBagConfig:
+    return EmbeddingBagConfig(
+        name=name or f"t_{f.name}",
+        embedding_dim=dim,
+        num_embeddings=f.cardinality,
+        feature_names=[f.name],
+        pooling=PoolingType.SUM,
+    )
+
+
+class CompressedEmbedding(nn.Module):
+    """Base: feature bookkeeping and the KeyedTensor output. Subclasses implement
+    ``embed(kjt) -> {feature: (B, dim) pooled tensor}``."""
+
+    def __init__(self, schema: FeatureSchema, dim: int) -> None:
+        super().__init__()
+        self.schema = schema
+        self.dim = dim
+        self.feature_names: List[str] = schema.sparse_names
+        self._configs = [full_config(f, dim) for f in schema.sparse]
+
+    def embedding_bag_configs(self) -> List[EmbeddingBagConfig]:
+        """Virtual one-table-per-feature configs (names and width only; not the storage)."""
+        return self._configs
+
+    def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        """features: KJT with the schema's keys -> KeyedTensor, values (B, F * dim)."""
+        pooled = self.embed(features)
+        values = torch.cat([pooled[name] for name in self.feature_names], dim=1)
+        return KeyedTensor(
+            keys=self.feature_names,
+            length_per_key=[self.dim] * len(self.feature_names),
+            values=values,
+        )
+
+
+def select(features: KeyedJaggedTensor, names: Sequence[str]) -> Dict[str, JaggedTensor]:
+    """The named features' JaggedTensors (ids and per-bag lengths)."""
+    d = features.to_dict()
+    return {n: d[n] for n in names}
+
+
+def kjt_from(parts: Dict[str, Tuple[torch.Tensor, torch.Tensor]]) -> KeyedJaggedTensor:
+    """KJT from ``{key: (values, lengths)}`` (keys in dict order)."""
+    keys = list(parts)
+    if not keys:
+        raise ValueError("no features")
+    values = torch.cat([parts[k][0] for k in keys])
+    lengths = torch.cat([parts[k][1].to(torch.int32) for k in keys])
+    return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths)
+
+
+def bag_ids(lengths: torch.Tensor) -> torch.Tensor:
+    """For each value of a jagged tensor, the index of its bag: (nnz,) int64."""
+    return torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths.long())
+
+
+def sum_pool(per_id: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Sum of per-id rows over each bag: per_id (nnz, d), lengths (B,) -> (B, d).
+
+    Empty bags give zeros. This is the compose-before-pool path of QR and MEmCom.
+    """
+    out = per_id.new_zeros((lengths.numel(), per_id.shape[1]))
+    if per_id.shape[0] == 0:
+        return out
+    return out.index_add_(0, bag_ids(lengths), per_id)
+
+
+def route(
+    values: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor, num_targets: int
+) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """Split one jagged feature into ``num_targets`` jagged features.
+
+    ``target[j]`` is the output (0..num_targets-1) of value j; each output keeps the bag
+    structure (B bags, possibly empty) and the original order inside a bag.
+    Returns per output: values (nnz_k,), lengths (B,).
+    """
+    b = lengths.numel()
+    bags = bag_ids(lengths)
+    order = torch.sort(target, stable=True).indices
+    counts = torch.bincount(target * b + bags, minlength=num_targets * b).view(num_targets, b)
+    per_target = torch.bincount(target, minlength=num_targets).tolist()
+    vals = torch.split(values[order], per_target)
+    return list(vals), list(counts.unbind(0))
