@@ -61,6 +61,7 @@ class DataConfig:
     shuffle: bool = True  # row-group order per epoch (seeded) + rows within each row group
     dense_transform: str = "log1p"  # log1p (clamp negatives to 0, then log(x + 1)) | none
     validate: bool = True  # check ids < cardinality, ids >= 0, labels finite and in {0, 1}
+    on_bad_file: str = "fail"  # fail | skip (skip: warn, count in metrics, keep ranks in step)
     synthesize_if_missing: bool = False  # generate `synth` data at `path` when absent
 
 
@@ -223,6 +224,7 @@ _CHOICES: Dict[str, Sequence[str]] = {
     "trainer.launcher": ("ray", "local"),
     "trainer.device": ("auto", "cpu", "cuda"),
     "data.dense_transform": ("log1p", "none"),
+    "data.on_bad_file": ("fail", "skip"),
     "synth.cardinalities": ("criteo_tb_40m", "criteo_kaggle"),
 }
 
