@@ -1,7 +1,9 @@
 """Byte accounting: what a method keeps for training and inference, against full tables.
 
 ``compression_ratio = full_embedding_bytes / embedding_bytes``; embedding_bytes counts every
-parameter AND buffer of the embedding module (tables, scales, projections, sketch state).
+tensor of the module's state (parameters and persistent buffers: tables, scales,
+projections, id maps, sketch state), i.e. what a checkpoint of it holds. Non-persistent
+buffers are constants derived from the config (e.g. per-feature moduli) and not counted.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ def full_embedding_bytes(schema: FeatureSchema, dim: int) -> int:
 
 
 def module_bytes(module: nn.Module) -> int:
-    """Bytes of all parameters and buffers (each tensor counted once)."""
+    """Bytes of the module's state: parameters and persistent buffers, each counted once."""
     seen, total = set(), 0
-    for t in list(module.parameters()) + list(module.buffers()):
+    for t in module.state_dict(keep_vars=True).values():
         if id(t) not in seen:
             seen.add(id(t))
             total += t.numel() * t.element_size()

@@ -95,6 +95,8 @@ def sum_pool(per_id: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
     Empty bags give zeros. This is the compose-before-pool path of QR and MEmCom.
     """
+    if per_id.shape[0] == lengths.numel() and bool((lengths == 1).all()):
+        return per_id  # one-hot: every bag is its one id, already in bag order
     out = per_id.new_zeros((lengths.numel(), per_id.shape[1]))
     if per_id.shape[0] == 0:
         return out

@@ -70,8 +70,8 @@ class ModelConfig:
     """The dense part of the model; the embedding module is injected."""
 
     arch: str = "dlrm"  # dlrm | dcn
-    embedding_dim: int = 16
-    dense_arch: List[int] = field(default_factory=lambda: [64, 16])  # last == embedding_dim
+    embedding_dim: int = 32
+    dense_arch: List[int] = field(default_factory=lambda: [64, 32])  # last == embedding_dim
     over_arch: List[int] = field(default_factory=lambda: [64, 32, 1])  # last == 1
     dcn_num_layers: int = 3
     dcn_low_rank_dim: int = 16

@@ -19,6 +19,7 @@ from compactrec.embeddings.factory import build_embeddings
 from compactrec.sharding.env import DistEnv, all_gather_object
 from compactrec.sharding.shard import shard_model
 from compactrec.trainer.config import RunConfig, config_to_dict, save_config
+from compactrec.trainer.data.id_counts import count_ids
 from compactrec.trainer.data.manifest import Manifest, read_manifest
 from compactrec.trainer.data.reader import ParquetReader
 from compactrec.trainer.io import atomic_write_json
@@ -36,8 +37,10 @@ def run_dir(cfg: RunConfig) -> Path:
 def build_train_model(cfg: RunConfig, manifest: Manifest, device: Optional[torch.device] = None) -> nn.Module:
     """The unsharded ``DLRMTrain`` with its sparse optimizer attached (same on every rank)."""
     torch.manual_seed(cfg.trainer.seed)  # identical initial weights on every rank
+    files = manifest.split_files(cfg.data.path, cfg.data.train_split)
     emb = build_embeddings(
-        cfg.embedding, cfg.compression, manifest.schema, cfg.model.embedding_dim, device
+        cfg.embedding, cfg.compression, manifest.schema, cfg.model.embedding_dim, device,
+        counts=lambda: count_ids(files, manifest.schema, cfg.embedding.mixed_dim.sample_rows),
     )
     model = build_model(cfg.model, emb, len(manifest.schema.dense), device)
     apply_sparse_optimizer(model, cfg.optim)

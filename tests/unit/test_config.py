@@ -68,8 +68,8 @@ def test_choice_and_shape_checks():
 
 
 def test_overrides_apply_and_round_trip():
-    cfg = load_config(None, ["data.batch_size=128", "model.dense_arch=[32,16]"])
-    assert cfg.data.batch_size == 128 and cfg.model.dense_arch == [32, 16]
+    cfg = load_config(None, ["data.batch_size=128", "model.dense_arch=[48,32]"])
+    assert cfg.data.batch_size == 128 and cfg.model.dense_arch == [48, 32]
     assert config_from_dict(config_to_dict(cfg)) == cfg
 
 

@@ -1,0 +1,381 @@
+"""CAFE (Zhang et al., SIGMOD 2024): hot ids own a row, the rest share hash rows.
+
+A ``HotSketch`` over global ids (local id + the feature's offset) decides online which ids
+are hot. Composition over ONE stock ``EmbeddingBagCollection`` (sum pooling), so FBGEMM does
+the lookups and DMP can shard it:
+
+- ``t_{f}``              full table of each small feature (``small_field_rows``), feature ``f``;
+- ``cafe_hot``           (H, d), shared by every compressed feature, features ``{f}__hot``;
+- ``cafe_hash_{f}_{l}``  (rows_{f,l}, d) per compressed feature and level, feature ``{f}__h{l}``.
+
+Per occurrence of compressed feature f: hot (slot s) -> ``cafe_hot[s]``; otherwise
+``sum_l cafe_hash_{f}_{l}[hash_mod(id, rows_{f,l}, seed + 1 + l)]`` (levels > 1 is the
+multi-level variant). Output of f = hot pooled + sum over levels of hash pooled.
+
+Importance is recorded in training forwards and inserted into the sketch at the start of the
+NEXT training forward (or ``flush()``), so the sketch and the hot rows never change inside
+backward, while fused optimizers update rows. ``grad_norm``: each occurrence scores the L2
+norm of its bag's pooled-output gradient (with sum pooling, the gradient of the row it used),
+normalised to mean 1 over the batch's compressed occurrences; ``count``: 1 per occurrence.
+The sketch is all buffers and ``state_dict()`` flushes pending importance first, so a
+checkpoint restores the exact id -> row answers.
+
+Single-device math. Under DMP with several ranks each rank would insert only its own batch,
+so the sketches diverge: a sharded variant must all-gather (keys, scores) before ``insert``
+and override ``_read_rows`` / ``_write_rows`` for rows held by other ranks.
+
+Example::
+
+    emb = build_cafe(schema, 16, CafeConfig(), small_field_rows=200, budget=full // 64)
+    emb.plan                            # CafePlan(hot_rows, buckets, hash_rows), from plan_cafe
+    kt = emb(kjt)                       # KeyedTensor, values (B, F * 16)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from compactrec.embeddings.accounting import FP32, full_embedding_bytes
+from compactrec.embeddings.base import (
+    CompressedEmbedding,
+    bag_ids,
+    full_config,
+    kjt_from,
+    route,
+    split_features,
+)
+from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
+from compactrec.embeddings.hotsketch import SCALAR_BYTES, HotSketch
+from compactrec.hashing import hash_mod
+from compactrec.trainer.config import CafeConfig
+from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature
+
+HOT_TABLE = "cafe_hot"
+
+
+def hash_table(feature: str, level: int) -> str:
+    return f"cafe_hash_{feature}_{level}"
+
+
+@dataclass(frozen=True)
+class CafePlan:
+    """Sizes of a CAFE module: hot rows, sketch buckets, hash rows per compressed feature and level."""
+
+    hot_rows: int
+    buckets: int
+    hash_rows: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------- plan
+
+
+def _check(cfg: CafeConfig) -> None:
+    if not 0.0 <= cfg.hash_rate <= 1.0 or cfg.levels < 1 or cfg.slots < 1 or not 0.0 < cfg.decay <= 1.0:
+        raise ValueError(
+            f"embedding.cafe: need 0 <= hash_rate <= 1, levels >= 1, slots >= 1, 0 < decay <= 1 "
+            f"(got hash_rate={cfg.hash_rate}, levels={cfg.levels}, slots={cfg.slots}, decay={cfg.decay})"
+        )
+    if cfg.hot_rows is not None and cfg.hot_rows < 1:
+        raise ValueError(f"embedding.cafe.hot_rows must be >= 1, got {cfg.hot_rows}")
+
+
+def _split_levels(rows: int, levels: int) -> Tuple[int, ...]:
+    return tuple(rows // levels + (1 if l < rows % levels else 0) for l in range(levels))
+
+
+def plan_cafe(
+    schema: FeatureSchema, dim: int, budget_bytes: Optional[int], cfg: CafeConfig, small_field_rows: int
+) -> CafePlan:
+    """Budget -> sizes. Small features stay full; of the rest, ``hash_rate`` goes to the hash
+    tables (rows per feature proportional to cardinality, split evenly across levels) and the
+    remainder to hot rows, each costing its table row plus its share of the sketch (one
+    bucket per hot row) and of the free-stack / owner buffers.
+    ``cfg.hot_rows`` set: H is fixed and the hash tables get what is left of the budget
+    (without a budget: ``hash_rate / (1 - hash_rate)`` times the hot part).
+
+    Raises:
+        BudgetError: the budget is below the smallest CAFE module (message: the largest ratio).
+    """
+    _check(cfg)
+    small, big = split_features(schema, small_field_rows)
+    row, small_bytes = FP32 * dim, full_table_bytes(small, dim)
+    full = full_embedding_bytes(schema, dim)
+    if not big:
+        if budget_bytes is not None and small_bytes > budget_bytes:
+            raise BudgetError(
+                f"CAFE: every feature is small; the full tables need {small_bytes} bytes > budget {budget_bytes}"
+            )
+        return CafePlan(hot_rows=0, buckets=0)
+    per_hot = row + HotSketch.state_bytes(1, 1, cfg.slots) - SCALAR_BYTES
+    fixed = small_bytes + SCALAR_BYTES
+    min_hash = cfg.levels * len(big)
+    floor_bytes = fixed + min_hash * row + per_hot * (cfg.hot_rows or 1)
+    if budget_bytes is not None and budget_bytes < floor_bytes:
+        raise BudgetError(
+            f"CAFE cannot fit in {budget_bytes} bytes: it needs at least {floor_bytes} (small features kept "
+            f"full: {small_bytes}, {min_hash} hash rows, {cfg.hot_rows or 1} hot row(s) with sketch); "
+            f"the largest reachable compression ratio is {full / floor_bytes:.2f}x"
+        )
+    if cfg.hot_rows is not None:
+        hot = cfg.hot_rows
+        if budget_bytes is None:
+            share = cfg.hash_rate / (1.0 - cfg.hash_rate) if cfg.hash_rate < 1 else 1.0
+            hash_total = max(min_hash, int(hot * per_hot * share // row))
+        else:
+            hash_total = (budget_bytes - fixed - hot * per_hot) // row
+    else:
+        if budget_bytes is None:
+            raise BudgetError("CAFE: set compression.ratio / compression.bytes or embedding.cafe.hot_rows")
+        rest = budget_bytes - fixed
+        hash_total = min(max(min_hash, int(cfg.hash_rate * rest // row)), (rest - per_hot) // row)
+    caps = {f.name: f.cardinality * cfg.levels for f in big}  # more rows than ids per level is waste
+    rows = proportional_rows(big, hash_total, minimum=cfg.levels, maximum=caps)
+    if cfg.hot_rows is None:
+        hot = min((rest - sum(rows.values()) * row) // per_hot, sum(f.cardinality for f in big))
+    hash_rows = {n: _split_levels(r, cfg.levels) for n, r in rows.items()}
+    return CafePlan(hot_rows=int(hot), buckets=int(hot), hash_rows=hash_rows)
+
+
+def cafe_bytes(
+    plan: CafePlan, schema: FeatureSchema, dim: int, cfg: CafeConfig, small_field_rows: int
+) -> int:
+    """Bytes of every parameter and buffer of ``build_cafe(..., plan=plan)`` (tested equal)."""
+    small, big = split_features(schema, small_field_rows)
+    total = full_table_bytes(small, dim) + sum(map(sum, plan.hash_rows.values())) * FP32 * dim
+    if big:
+        total += plan.hot_rows * FP32 * dim + HotSketch.state_bytes(plan.buckets, plan.hot_rows, cfg.slots)
+    return total
+
+
+# ---------------------------------------------------------------------------------- importance
+
+
+@dataclass
+class _Occurrences:
+    """One training forward's compressed occurrences, waiting for their importance."""
+
+    gids: List[torch.Tensor]  # per compressed feature: (nnz_f,) global ids
+    lengths: List[torch.Tensor]  # per compressed feature: (B,) bag lengths
+    norms: List[Optional[torch.Tensor]]  # per compressed feature: (B,) pooled-grad norms (hooks)
+
+    def scores(self, importance: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(keys, scores) to insert. grad_norm: only features whose gradient arrived."""
+        if importance == "count":
+            keys = torch.cat(self.gids)
+            return keys, torch.ones(keys.shape, dtype=torch.float32, device=keys.device)
+        have = [i for i, n in enumerate(self.norms) if n is not None]
+        if not have:
+            return self.gids[0].new_empty(0), torch.empty(0)  # no backward ran for this forward
+        keys = torch.cat([self.gids[i] for i in have])
+        # sum pooling: the row an occurrence used receives exactly its bag's pooled gradient
+        scores = torch.cat([self.norms[i][bag_ids(self.lengths[i])] for i in have])  # type: ignore[index]
+        mean = scores.mean() if scores.numel() else scores.new_zeros(())
+        return (keys, scores / mean) if mean > 0 else (keys[:0], scores[:0])
+
+
+def _flush_before_save(module: "CafeEmbedding", prefix: str, keep_vars: bool) -> None:
+    module.flush()  # pending importance belongs in the checkpointed sketch
+
+
+def _drop_pending_after_load(module: "CafeEmbedding", incompatible_keys) -> None:
+    module._pending.clear()  # recorded against the state that was just replaced
+
+
+# ------------------------------------------------------------------------------------- module
+
+
+class CafeEmbedding(CompressedEmbedding):
+    """CAFE over ``schema``'s sparse features. Input: KJT with the schema's keys (ids in
+    [0, N_f)). Output: KeyedTensor with the schema's keys, values (B, F * dim)."""
+
+    def __init__(
+        self,
+        schema: FeatureSchema,
+        dim: int,
+        cfg: CafeConfig,
+        plan: CafePlan,
+        small_field_rows: int,
+        device: Optional[torch.device] = None,
+    ) -> None:
+        super().__init__(schema, dim)
+        _check(cfg)
+        small, big = split_features(schema, small_field_rows)
+        self.cfg, self.plan = cfg, plan
+        self.small_names = [f.name for f in small]
+        self.compressed: List[SparseFeature] = big
+        starts = [0]
+        for f in big:
+            starts.append(starts[-1] + f.cardinality)
+        self._starts = starts[:-1]  # fixed at build: the sketch's global id space
+        self.offsets: Dict[str, int] = {f.name: s for f, s in zip(big, self._starts)}
+        self.ebc = EmbeddingBagCollection(tables=self._tables(small, big), device=device)
+        self._kjt_keys = [n for c in self.ebc.embedding_bag_configs() for n in c.feature_names]
+        self.sketch: Optional[HotSketch] = None
+        if big:
+            self.sketch = HotSketch(
+                plan.buckets, plan.hot_rows, cfg.threshold, cfg.slots, cfg.decay, cfg.seed, device=device
+            )
+        self._pending: List[_Occurrences] = []
+        self.register_state_dict_pre_hook(_flush_before_save)
+        self.register_load_state_dict_post_hook(_drop_pending_after_load)
+
+    def _tables(self, small: List[SparseFeature], big: List[SparseFeature]) -> List[EmbeddingBagConfig]:
+        tables = [full_config(f, self.dim) for f in small]
+        if big:
+            tables.append(
+                EmbeddingBagConfig(
+                    name=HOT_TABLE,
+                    embedding_dim=self.dim,
+                    num_embeddings=self.plan.hot_rows,
+                    feature_names=[f"{f.name}__hot" for f in big],
+                    pooling=PoolingType.SUM,
+                )
+            )
+        for f in big:
+            # start like the feature's full table (U(+-sqrt(1/N_f))), variance split over levels
+            bound = math.sqrt(1.0 / (f.cardinality * self.cfg.levels))
+            for l, rows in enumerate(self.plan.hash_rows[f.name]):
+                tables.append(
+                    EmbeddingBagConfig(
+                        name=hash_table(f.name, l),
+                        embedding_dim=self.dim,
+                        num_embeddings=rows,
+                        feature_names=[f"{f.name}__h{l}"],
+                        pooling=PoolingType.SUM,
+                        weight_init_min=-bound,
+                        weight_init_max=bound,
+                    )
+                )
+        return tables
+
+    def global_ids(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
+        """Local ids of a compressed feature -> the sketch's keys."""
+        return ids.to(torch.int64) + self.offsets[feature]
+
+    def hash_rows(self, feature: str, ids: torch.Tensor, level: int) -> torch.Tensor:
+        """Local ids -> rows of ``cafe_hash_{feature}_{level}``."""
+        return hash_mod(ids, self.plan.hash_rows[feature][level], seed=self.cfg.seed + 1 + level)
+
+    # -------------------------------------------------------------------------- forward
+
+    def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+        """features: KJT with the schema's keys -> {feature: (B, dim)}."""
+        recording = self.training and torch.is_grad_enabled()
+        if recording:
+            self.flush()  # last step's importance: the sketch only changes between steps
+        jts = features.to_dict()
+        parts = {n: (jts[n].values(), jts[n].lengths()) for n in self.small_names}
+        gids = [self.global_ids(f.name, jts[f.name].values()) for f in self.compressed]
+        lengths = [jts[f.name].lengths() for f in self.compressed]
+        if self.compressed:
+            sketch: HotSketch = self.sketch  # type: ignore[assignment]
+            slots = sketch.query(torch.cat(gids)).split([g.numel() for g in gids])  # one query for all
+            for f, gid, slot, n in zip(self.compressed, gids, slots, lengths):
+                local = gid - self.offsets[f.name]
+                cold = (slot < 0).long()  # route target: 0 = hot, 1 = cold
+                ids = torch.where(slot >= 0, slot, local)
+                (hot_ids, cold_ids), (hot_len, cold_len) = route(ids, n, cold, 2)
+                parts[f"{f.name}__hot"] = (hot_ids, hot_len)
+                for l in range(self.cfg.levels):
+                    parts[f"{f.name}__h{l}"] = (self.hash_rows(f.name, cold_ids, l), cold_len)
+        pooled = self.ebc(kjt_from({k: parts[k] for k in self._kjt_keys})).to_dict()
+        out = {n: pooled[n] for n in self.small_names}
+        for f in self.compressed:
+            e = pooled[f"{f.name}__hot"]
+            for l in range(self.cfg.levels):
+                e = e + pooled[f"{f.name}__h{l}"]
+            out[f.name] = e  # (B, dim)
+        if recording and self.compressed:
+            self._record(gids, lengths, [out[f.name] for f in self.compressed])
+        return out
+
+    def _record(
+        self, gids: List[torch.Tensor], lengths: List[torch.Tensor], pooled: List[torch.Tensor]
+    ) -> None:
+        occ = _Occurrences([g.detach() for g in gids], [n.detach() for n in lengths], [None] * len(gids))
+        if self.cfg.importance == "grad_norm":
+            for i, e in enumerate(pooled):
+                if e.requires_grad:
+                    e.register_hook(_NormHook(occ, i))
+        self._pending.append(occ)
+
+    # -------------------------------------------------------------------- sketch update
+
+    def flush(self) -> int:
+        """Insert the pending importance into the sketch and migrate promoted ids' rows.
+
+        Returns the number of promotions. Called at the start of every training forward and
+        before ``state_dict``; call it yourself to inspect the sketch after a step.
+        """
+        pending, self._pending = self._pending, []
+        promoted = 0
+        for occ in pending:
+            keys, scores = occ.scores(self.cfg.importance)
+            if keys.numel():
+                pk, ps, _, _ = self.sketch.insert(keys, scores)  # type: ignore[union-attr]
+                # demotion: the hot row is simply released; the id falls back to its hash rows
+                self._promote(pk, ps)
+                promoted += pk.numel()
+        return promoted
+
+    def _promote(self, keys: torch.Tensor, slots: torch.Tensor) -> None:
+        """Copy each promoted id's current non-hot embedding (sum over levels of its hash
+        rows) into its hot row. Optimizer state is NOT migrated: the hot row keeps the state
+        its previous occupants left (for rowwise Adagrad, their summed squared gradients),
+        and the hash rows keep theirs."""
+        if keys.numel() == 0:
+            return
+        feature = torch.searchsorted(torch.tensor(self._starts, device=keys.device), keys, right=True) - 1
+        values = torch.empty((keys.numel(), self.dim), dtype=torch.float32, device=keys.device)
+        for i, f in enumerate(self.compressed):
+            mask = feature == i
+            if bool(mask.any()):
+                local = keys[mask] - self.offsets[f.name]
+                rows = [
+                    self._read_rows(hash_table(f.name, l), self.hash_rows(f.name, local, l))
+                    for l in range(self.cfg.levels)
+                ]
+                values[mask] = sum(rows[1:], rows[0]).to(values.dtype)
+        self._write_rows(HOT_TABLE, slots, values)
+
+    # A sharded variant overrides these two (rows live on other ranks / in FBGEMM buffers).
+    def _read_rows(self, table: str, rows: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.ebc.embedding_bags[table].weight[rows].clone()  # (n, dim)
+
+    def _write_rows(self, table: str, rows: torch.Tensor, values: torch.Tensor) -> None:
+        with torch.no_grad():
+            weight = self.ebc.embedding_bags[table].weight
+            weight[rows] = values.to(weight.dtype)
+
+
+class _NormHook:
+    """Gradient hook on a compressed feature's pooled output (B, dim): stores per-bag L2 norms."""
+
+    def __init__(self, occ: _Occurrences, index: int) -> None:
+        self.occ, self.index = occ, index
+
+    def __call__(self, grad: torch.Tensor) -> None:
+        self.occ.norms[self.index] = grad.detach().norm(dim=1)
+
+
+def build_cafe(
+    schema: FeatureSchema,
+    dim: int,
+    cfg: CafeConfig,
+    small_field_rows: int,
+    budget: Optional[int],
+    device: Optional[torch.device] = None,
+    plan: Optional[CafePlan] = None,
+) -> CafeEmbedding:
+    """The CAFE module for a byte budget (or ``cfg.hot_rows``), or for an explicit ``plan``."""
+    if plan is None:
+        plan = plan_cafe(schema, dim, budget, cfg, small_field_rows)
+    return CafeEmbedding(schema, dim, cfg, plan, small_field_rows, device)

@@ -1,0 +1,109 @@
+"""The hashing trick: e(i) = E_f[h(i) mod m_f], one smaller table per feature.
+
+h is splitmix64 (``compactrec.hashing``), a real 64-bit mixer: Criteo ids after remapping
+are dense, so the bare ``id % m`` of the dlrm reference (``--max-ind-range``) would put
+neighbouring ids in neighbouring rows and the most frequent remapped ids together.
+Composition: a remap of the KJT's values in front of one stock ``EmbeddingBagCollection``.
+
+Example::
+
+    emb = build_hash(schema, dim=32, cfg=HashConfig(), plan=plan_hash(schema, 32, budget, 200))
+    kt = emb(kjt)       # KeyedTensor, values (B, F * 32)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from compactrec.embeddings.accounting import FP32
+from compactrec.embeddings.base import CompressedEmbedding, full_config, split_features
+from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
+from compactrec.hashing import hash_mod
+from compactrec.trainer.config import HashConfig
+from compactrec.trainer.data.manifest import FeatureSchema
+
+
+@dataclass
+class HashPlan:
+    rows: Dict[str, int]  # compressed feature -> rows of its hashed table
+
+
+def remap_values(
+    features: KeyedJaggedTensor, moduli: torch.Tensor, seed: int, identity: bool
+) -> torch.Tensor:
+    """Per-key hashing of a KJT's values: key k's ids -> h(id) mod moduli[k]; moduli[k] = 0
+    leaves key k's ids unchanged. Returns the new values (nnz,) int64."""
+    values = features.values().to(torch.int64)
+    per_value = torch.repeat_interleave(moduli, torch.tensor(features.length_per_key()))
+    safe = per_value.clamp(min=1)
+    hashed = values % safe if identity else hash_mod(values, safe, seed)  # type: ignore[arg-type]
+    return torch.where(per_value > 0, hashed, values)
+
+
+class HashEmbedding(CompressedEmbedding):
+    def __init__(self, schema: FeatureSchema, dim: int, cfg: HashConfig, plan: HashPlan, small_field_rows: int) -> None:
+        super().__init__(schema, dim)
+        self.cfg = cfg
+        small, _ = split_features(schema, small_field_rows)
+        small_names = {f.name for f in small}
+        tables: List[EmbeddingBagConfig] = []
+        for f in schema.sparse:  # schema order: the EBC's output is already in key order
+            if f.name in small_names:
+                tables.append(full_config(f, dim))
+            else:
+                tables.append(
+                    EmbeddingBagConfig(
+                        name=f"hash_{f.name}",
+                        embedding_dim=dim,
+                        num_embeddings=plan.rows[f.name],
+                        feature_names=[f.name],
+                        pooling=PoolingType.SUM,
+                        # Rows are shared by ~N/m ids: start them at the full table's scale.
+                        weight_init_max=(1.0 / f.cardinality) ** 0.5,
+                        weight_init_min=-((1.0 / f.cardinality) ** 0.5),
+                    )
+                )
+        self.ebc = EmbeddingBagCollection(tables=tables)
+        moduli = [0 if f.name in small_names else plan.rows[f.name] for f in schema.sparse]
+        self.register_buffer("moduli", torch.tensor(moduli, dtype=torch.int64), persistent=False)
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        values = remap_values(features, self.moduli, self.cfg.seed, self.cfg.hash == "identity")
+        remapped = KeyedJaggedTensor(keys=features.keys(), values=values, lengths=features.lengths())
+        return self.ebc(remapped)
+
+
+def hash_bytes(schema: FeatureSchema, dim: int, plan: HashPlan, small_field_rows: int) -> int:
+    small, _ = split_features(schema, small_field_rows)
+    return full_table_bytes(small, dim) + sum(plan.rows.values()) * dim * FP32
+
+
+def plan_hash(schema: FeatureSchema, dim: int, budget: int, small_field_rows: int) -> HashPlan:
+    """Rows per compressed feature proportional to its cardinality, filling ``budget``."""
+    small, big = split_features(schema, small_field_rows)
+    left = budget - full_table_bytes(small, dim)
+    if left < len(big) * dim * FP32:
+        raise BudgetError(
+            f"hash: budget {budget} B is below the {full_table_bytes(small, dim) + len(big) * dim * FP32} B "
+            f"of the small features' full tables plus one row per hashed feature"
+        )
+    return HashPlan(rows=proportional_rows(big, left // (dim * FP32)))
+
+
+def build_hash(
+    schema: FeatureSchema, dim: int, cfg: HashConfig, small_field_rows: int, budget: Optional[int]
+) -> HashEmbedding:
+    _, big = split_features(schema, small_field_rows)
+    if cfg.rows is not None:
+        plan = HashPlan(rows={f.name: min(cfg.rows, f.cardinality) for f in big})
+    elif budget is not None:
+        plan = plan_hash(schema, dim, budget, small_field_rows)
+    else:
+        raise BudgetError("hash: set compression.ratio / compression.bytes or embedding.hash.rows")
+    return HashEmbedding(schema, dim, cfg, plan, small_field_rows)

@@ -1,0 +1,150 @@
+"""MEmCom (Pansare et al., MLSys 2022): e(i) = w[i] * E[h(i) mod m] (+ b[i]).
+
+A hashed shared table E (m x d) per feature and ONE trainable scalar per entity w[i]
+(optionally a scalar bias b[i]), trained jointly: ids that share a hashed row are told
+apart by their own scale. Params m*d + N (+ N), so the ratio N*d / (m*d + N) stays below d:
+a request at or above d is an error, not a silent overshoot.
+
+Open choices (the paper's abstract leaves them open; all are ``MemComConfig`` knobs):
+splitmix64 hash; w starts at 1.0 (the start is a plain hashed table); no bias by default;
+m per feature proportional to its cardinality.
+
+Layout: the scale table is stored ``pack`` (default 4) entities per row, shape
+(ceil(N / pack), pack), so it is an ordinary embedding table of width 4 that FBGEMM accepts
+on GPU and that TorchRec shards row-wise like any large table; w[i] is element i % pack of
+row i // pack. With rowwise Adagrad the ``pack`` entities of a row share one accumulator
+(a documented approximation; elementwise optimizers are unaffected).
+Per-sample weights of a weighted EBC are not differentiable across ranks (STACK.md), so the
+scale is looked up as its own unpooled collection and applied per id before pooling.
+
+Example::
+
+    emb = build_memcom(schema, 32, MemComConfig(), small_field_rows=200, budget=b)
+    kt = emb(kjt)       # KeyedTensor, values (B, F * 32)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+from torchrec.modules.embedding_configs import EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from compactrec.embeddings.accounting import FP32
+from compactrec.embeddings.base import CompressedEmbedding, full_config, kjt_from, split_features, sum_pool
+from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
+from compactrec.hashing import hash_mod
+from compactrec.trainer.config import MemComConfig
+from compactrec.trainer.data.manifest import FeatureSchema
+
+
+@dataclass
+class MemComPlan:
+    rows: Dict[str, int]  # compressed feature -> m, rows of its shared hashed table
+
+
+def scale_rows(n: int, pack: int) -> int:
+    return -(-n // pack)
+
+
+class MemComEmbedding(CompressedEmbedding):
+    def __init__(self, schema: FeatureSchema, dim: int, cfg: MemComConfig, plan: MemComPlan, small_field_rows: int) -> None:
+        super().__init__(schema, dim)
+        self.cfg = cfg
+        small, big = split_features(schema, small_field_rows)
+        self.small = [f.name for f in small]
+        self.big = [f.name for f in big]
+        self.full = EmbeddingBagCollection(tables=[full_config(f, dim) for f in small]) if small else None
+        shared: List[EmbeddingConfig] = []
+        scales: List[EmbeddingConfig] = []
+        for f in big:
+            bound = math.sqrt(1.0 / f.cardinality)  # w = 1: E starts at a full table's scale
+            shared.append(_table(f"memcom_E_{f.name}", f"{f.name}__E", plan.rows[f.name], dim, -bound, bound))
+            n = scale_rows(f.cardinality, cfg.pack)
+            scales.append(_table(f"memcom_w_{f.name}", f"{f.name}__w", n, cfg.pack, cfg.scale_init, cfg.scale_init))
+            if cfg.bias:
+                scales.append(_table(f"memcom_b_{f.name}", f"{f.name}__b", n, cfg.pack, 0.0, 0.0))
+        self.shared = EmbeddingCollection(tables=shared)
+        self.scales = EmbeddingCollection(tables=scales)
+        self.register_buffer(
+            "moduli", torch.tensor([plan.rows[n] for n in self.big], dtype=torch.int64), persistent=False
+        )
+
+    def _hash(self, ids: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return ids % m if self.cfg.hash == "identity" else hash_mod(ids, m, self.cfg.seed)  # type: ignore[arg-type]
+
+    def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+        jts = features.to_dict()
+        out: Dict[str, torch.Tensor] = {}
+        if self.full is not None:
+            out.update(self.full(KeyedJaggedTensor.from_jt_dict({n: jts[n] for n in self.small})).to_dict())
+        pack = self.cfg.pack
+        shared_ids, scale_ids = {}, {}
+        for j, name in enumerate(self.big):
+            ids, lengths = jts[name].values().to(torch.int64), jts[name].lengths()
+            shared_ids[f"{name}__E"] = (self._hash(ids, self.moduli[j]), lengths)
+            scale_ids[f"{name}__w"] = (torch.div(ids, pack, rounding_mode="floor"), lengths)
+            if self.cfg.bias:
+                scale_ids[f"{name}__b"] = scale_ids[f"{name}__w"]
+        rows = self.shared(kjt_from(shared_ids))
+        scale_rows_ = self.scales(kjt_from(scale_ids))
+        for name in self.big:
+            ids = jts[name].values().to(torch.int64)
+            col = (ids % pack).unsqueeze(1)
+            w = scale_rows_[f"{name}__w"].values().gather(1, col)  # (nnz, 1): w[i]
+            per_id = w * rows[f"{name}__E"].values()  # (nnz, d); w separates ids sharing a row
+            if self.cfg.bias:
+                per_id = per_id + scale_rows_[f"{name}__b"].values().gather(1, col)
+            out[name] = sum_pool(per_id, jts[name].lengths())
+        return out
+
+
+def _table(name: str, feature: str, rows: int, dim: int, lo: float, hi: float) -> EmbeddingConfig:
+    return EmbeddingConfig(
+        name=name, embedding_dim=dim, num_embeddings=rows, feature_names=[feature],
+        weight_init_min=lo, weight_init_max=hi,
+    )
+
+
+def _scale_bytes(schema: FeatureSchema, cfg: MemComConfig, small_field_rows: int) -> int:
+    _, big = split_features(schema, small_field_rows)
+    per_entity = 2 if cfg.bias else 1
+    return sum(scale_rows(f.cardinality, cfg.pack) for f in big) * cfg.pack * per_entity * FP32
+
+
+def memcom_bytes(schema: FeatureSchema, dim: int, cfg: MemComConfig, plan: MemComPlan, small_field_rows: int) -> int:
+    small, _ = split_features(schema, small_field_rows)
+    shared = sum(plan.rows.values()) * dim * FP32
+    return full_table_bytes(small, dim) + shared + _scale_bytes(schema, cfg, small_field_rows)
+
+
+def plan_memcom(schema: FeatureSchema, dim: int, budget: int, cfg: MemComConfig, small_field_rows: int) -> MemComPlan:
+    small, big = split_features(schema, small_field_rows)
+    fixed = full_table_bytes(small, dim) + _scale_bytes(schema, cfg, small_field_rows)
+    left = budget - fixed - len(big) * dim * FP32  # at least one shared row per feature
+    if left < 0:
+        ceiling = full_table_bytes(schema.sparse, dim) / (fixed + len(big) * dim * FP32)
+        raise BudgetError(
+            f"memcom cannot reach this ratio: with its per-entity scales it reaches at most {ceiling:.1f}x "
+            f"(MEmCom's ratio N*d / (m*d + N) is always below d = {dim})"
+        )
+    return MemComPlan(rows=proportional_rows(big, (budget - fixed) // (dim * FP32)))
+
+
+def build_memcom(
+    schema: FeatureSchema, dim: int, cfg: MemComConfig, small_field_rows: int, budget: Optional[int]
+) -> MemComEmbedding:
+    _, big = split_features(schema, small_field_rows)
+    if cfg.pack < 1:
+        raise ValueError(f"embedding.memcom.pack must be >= 1, got {cfg.pack}")
+    if cfg.rows is not None:
+        plan = MemComPlan({f.name: min(cfg.rows, f.cardinality) for f in big})
+    elif budget is not None:
+        plan = plan_memcom(schema, dim, budget, cfg, small_field_rows)
+    else:
+        raise BudgetError("memcom: set compression.ratio / compression.bytes or embedding.memcom.rows")
+    return MemComEmbedding(schema, dim, cfg, plan, small_field_rows)

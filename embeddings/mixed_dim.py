@@ -1,0 +1,332 @@
+"""Mixed-dimension embeddings (Ginart et al., ISIT 2021; dlrm ``tricks/md_embedding_bag.py``).
+
+A block k (a table, or a frequency-ranked group of rows of one table) gets its own width
+d_k <= d and a projection P_k (d_k x d) to the common width (identity when d_k = d):
+e(i) = E_k[i] P_k. Pooling commutes with the projection, so each block is pooled by a stock
+``EmbeddingBagCollection`` (FBGEMM) and projected once per bag: a few small GEMMs instead
+of one per id.
+
+Width rule (the reference ``md_solver`` power rule): d_k = lambda * p_k^alpha, clipped to
+[1, d], lambda chosen so the most popular block gets d; optional power-of-two rounding.
+FBGEMM's tables need widths that are multiples of 4, so widths snap to {1, 2, 4, 8, ..., d};
+1- and 2-wide blocks are stored 4 / d_k rows per row of a width-4 table (looked up unpooled,
+sliced, then pooled) so that the narrow tail, where MDE saves most, stays possible.
+- ``blocks: table``: one block per table with the reference's popularity proxy p_k = 1/n_k;
+  tables at or below ``threshold`` rows keep the full width (the reference crashes there).
+- ``blocks: rows`` (default): per feature, ``num_blocks`` blocks of ids ranked by their
+  frequency in a sample of the training data, log-uniform in rank (for N = 40000 and 4
+  blocks: the top 14 ids, the next 186, 2628, then 37172), p_k = mean count per row of the
+  block. The id -> (block, row) map is part of the model state (persistent buffers, counted
+  in the bytes). A full id -> rank map would cost 4 bytes per id (1/d of the full table),
+  so only the ranked head is stored: the head's ids sorted (int64) with their ranks (int32),
+  found by binary search; every other id is in the tail block, whose table is indexed by
+  the raw id (N rows of the narrowest width; the head's rows in it go unused, which at
+  width d_tail costs far less than a map).
+``alpha`` is searched by bisection to meet the byte budget unless given.
+
+Example::
+
+    emb = build_mixed_dim(schema, 32, MixedDimConfig(), 200, budget, counts=lambda: count_ids(...))
+    kt = emb(kjt)       # KeyedTensor, values (B, F * 32)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from compactrec.embeddings.accounting import FP32
+from compactrec.embeddings.base import CompressedEmbedding, full_config, kjt_from, route, split_features, sum_pool
+from compactrec.embeddings.budget import BudgetError, bisect, full_table_bytes
+from compactrec.trainer.config import MixedDimConfig
+from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature
+
+CountsFn = Callable[[], Dict[str, np.ndarray]]
+ALPHA_MAX = 16.0
+PACK = 4  # width of the tables that hold narrow (1- or 2-wide) blocks
+
+
+@dataclass
+class MixedDimPlan:
+    alpha: float
+    block_rows: Dict[str, List[int]]  # compressed feature -> ids per block (table mode: [N])
+    dims: Dict[str, List[int]]  # compressed feature -> width per block
+
+    def table_rows(self, feature: str, cardinality: int, rows_mode: bool) -> List[int]:
+        """Stored rows per block: in rows mode the tail block is indexed by raw id."""
+        rows = list(self.block_rows[feature])
+        if rows_mode:
+            rows[-1] = cardinality
+        return rows
+
+
+def block_bounds(n: int, k: int) -> List[int]:
+    """Log-uniform rank boundaries [0, n^(1/k), n^(2/k), ..., n], strictly increasing."""
+    bounds = [0]
+    for j in range(1, k + 1):
+        b = min(n, max(bounds[-1] + 1, int(round(n ** (j / k)))))
+        if b > bounds[-1]:
+            bounds.append(b)
+    bounds[-1] = n
+    return bounds
+
+
+def frequency_rank(counts: np.ndarray) -> np.ndarray:
+    """rank[id]: 0 for the most frequent id; ties broken by id (deterministic on every rank)."""
+    order = np.lexsort((np.arange(counts.size), -counts))
+    rank = np.empty(counts.size, dtype=np.int32)
+    rank[order] = np.arange(counts.size, dtype=np.int32)
+    return rank
+
+
+def allowed_widths(dim: int) -> np.ndarray:
+    """Widths FBGEMM can hold: multiples of 4 (its TBE asserts it), plus 1 and 2, which are
+    stored packed 4/d_k ids per row of a width-4 table, plus ``dim`` itself."""
+    return np.unique(np.array([1, 2, *range(4, dim + 1, 4), dim]))
+
+
+def power_rule(popularity: np.ndarray, alpha: float, dim: int, round_dims: bool) -> np.ndarray:
+    """d_k = dim * (p_k / max p)^alpha, clipped to [1, dim], then snapped to the nearest
+    allowed width (optionally rounded to a power of two first, as the reference can)."""
+    p = popularity / max(float(popularity.max()), 1e-30)
+    with np.errstate(divide="ignore"):
+        d = dim * np.power(p, alpha)
+    d = np.clip(np.nan_to_num(d, nan=1.0), 1.0, dim)
+    if round_dims:
+        d = np.clip(2.0 ** np.round(np.log2(d)), 1, dim)
+    widths = allowed_widths(dim)
+    return widths[np.abs(d[:, None] - widths[None, :]).argmin(axis=1)].astype(np.int64)
+
+
+def packed_rows(rows: int, width: int) -> int:
+    """Rows of the width-4 table that stores ``rows`` rows of width 1 or 2."""
+    return -(-rows * width // PACK)
+
+
+class _Blocks:
+    """Per compressed feature: block boundaries and popularity (the inputs of the rule)."""
+
+    def __init__(self, features: List[SparseFeature], cfg: MixedDimConfig, counts: Optional[Dict[str, np.ndarray]]):
+        self.features = features
+        self.bounds: Dict[str, List[int]] = {}
+        self.pop: Dict[str, np.ndarray] = {}
+        self.rank: Dict[str, np.ndarray] = {}
+        for f in features:
+            if cfg.blocks == "table":
+                self.bounds[f.name] = [0, f.cardinality]
+                self.pop[f.name] = np.array([1.0 / f.cardinality])
+                continue
+            assert counts is not None
+            c = counts[f.name].astype(np.float64)
+            self.rank[f.name] = frequency_rank(c)
+            bounds = block_bounds(f.cardinality, cfg.num_blocks)
+            by_rank = np.sort(c)[::-1]
+            self.bounds[f.name] = bounds
+            self.pop[f.name] = np.array([by_rank[a:b].mean() for a, b in zip(bounds, bounds[1:])])
+
+    def plan(self, alpha: float, dim: int, round_dims: bool) -> MixedDimPlan:
+        names = [f.name for f in self.features]
+        allp = np.concatenate([self.pop[n] for n in names]) if names else np.zeros(0)
+        dims = power_rule(allp, alpha, dim, round_dims) if names else np.zeros(0, np.int64)
+        out_dims, out_rows, at = {}, {}, 0
+        for n in names:
+            b = self.bounds[n]
+            out_dims[n] = [int(x) for x in dims[at : at + len(b) - 1]]
+            out_rows[n] = [hi - lo for lo, hi in zip(b, b[1:])]
+            at += len(b) - 1
+        return MixedDimPlan(alpha, out_rows, out_dims)
+
+
+def _kept_full(schema: FeatureSchema, cfg: MixedDimConfig, small_field_rows: int):
+    limit = max(small_field_rows, cfg.threshold if cfg.blocks == "table" else 0)
+    return split_features(schema, limit)
+
+
+def mixed_dim_bytes(schema: FeatureSchema, dim: int, cfg: MixedDimConfig, plan: MixedDimPlan, small_field_rows: int) -> int:
+    small, big = _kept_full(schema, cfg, small_field_rows)
+    total = full_table_bytes(small, dim)
+    rows_mode = cfg.blocks == "rows"
+    for f in big:
+        for rows, d in zip(plan.table_rows(f.name, f.cardinality, rows_mode), plan.dims[f.name]):
+            table = packed_rows(rows, d) * PACK if d < PACK else rows * d
+            total += table * FP32 + (d * dim * FP32 if d < dim else 0)
+        if rows_mode:
+            total += sum(plan.block_rows[f.name][:-1]) * (8 + 4)  # head ids (int64) + ranks (int32)
+    return total
+
+
+class MixedDimEmbedding(CompressedEmbedding):
+    def __init__(
+        self, schema: FeatureSchema, dim: int, cfg: MixedDimConfig, plan: MixedDimPlan,
+        small_field_rows: int, ranks: Optional[Dict[str, np.ndarray]] = None,
+    ) -> None:
+        super().__init__(schema, dim)
+        self.rows_mode = cfg.blocks == "rows"
+        small, big = _kept_full(schema, cfg, small_field_rows)
+        self.small = [f.name for f in small]
+        self.big = [f.name for f in big]
+        tables: List[EmbeddingBagConfig] = [full_config(f, dim) for f in small]
+        narrow: List[EmbeddingConfig] = []
+        self.projections = nn.ParameterDict()
+        self.block_keys: Dict[str, List[str]] = {}
+        self.narrow_width: Dict[str, int] = {}  # key of a packed block -> its width (1 or 2)
+        self.widths: Dict[str, int] = {}  # block key (f"{feature}__b{k}") -> d_k
+        for f in big:
+            keys = []
+            bound = math.sqrt(1.0 / f.cardinality)
+            stored = plan.table_rows(f.name, f.cardinality, self.rows_mode)
+            for k, (rows, d) in enumerate(zip(stored, plan.dims[f.name])):
+                key = f"{f.name}__b{k}"
+                keys.append(key)
+                self.widths[key] = d
+                if d < PACK:
+                    self.narrow_width[key] = d
+                    narrow.append(EmbeddingConfig(
+                        name=f"mde_{f.name}_b{k}", embedding_dim=PACK, num_embeddings=packed_rows(rows, d),
+                        feature_names=[key], weight_init_min=-bound, weight_init_max=bound,
+                    ))
+                else:
+                    tables.append(EmbeddingBagConfig(
+                        name=f"mde_{f.name}_b{k}", embedding_dim=d, num_embeddings=rows, feature_names=[key],
+                        pooling=PoolingType.SUM, weight_init_min=-bound, weight_init_max=bound,
+                    ))
+                if d < dim:  # E_k P_k keeps the full table's output scale: P ~ N(0, 1/d_k)
+                    self.projections[key] = nn.Parameter(torch.randn(d, dim) / math.sqrt(d))
+            self.block_keys[f.name] = keys
+            bounds = np.cumsum([0] + plan.block_rows[f.name])
+            self.register_buffer(f"bounds_{f.name}", torch.tensor(bounds, dtype=torch.int64), persistent=False)
+            if self.rows_mode:
+                assert ranks is not None
+                head = int(bounds[-2])  # ids ranked before the tail block
+                rank = torch.from_numpy(ranks[f.name]).to(torch.int64)
+                head_ids = torch.nonzero(rank < head).flatten()  # sorted ascending
+                self.register_buffer(f"head_ids_{f.name}", head_ids)
+                self.register_buffer(f"head_rank_{f.name}", rank[head_ids].to(torch.int32))
+        self.ebc = EmbeddingBagCollection(tables=tables)
+        self.packed = EmbeddingCollection(tables=narrow) if narrow else None
+
+    def _narrow(self, parts: Dict[str, tuple]) -> Dict[str, torch.Tensor]:
+        """Pooled outputs of the packed (1- or 2-wide) blocks: unpooled lookups of their
+        width-4 rows, the block's columns sliced per id, then summed per bag."""
+        if self.packed is None or not parts:
+            return {}
+        looked = self.packed(kjt_from({k: ((v * self.narrow_width[k]) // PACK, ln) for k, (v, ln) in parts.items()}))
+        out = {}
+        for key, (rows, lengths) in parts.items():
+            w = self.narrow_width[key]
+            cols = ((rows * w) % PACK).unsqueeze(1) + torch.arange(w, device=rows.device)
+            out[key] = sum_pool(looked[key].values().gather(1, cols), lengths)  # (B, w)
+        return out
+
+    def _locate(self, name: str, ids: torch.Tensor, bounds: torch.Tensor):
+        """(block, row in block) per id: binary search in the head, else the tail by raw id."""
+        head_ids = getattr(self, f"head_ids_{name}")
+        tail = bounds.numel() - 2
+        if head_ids.numel() == 0:
+            return torch.full_like(ids, tail), ids
+        pos = torch.searchsorted(head_ids, ids).clamp(max=head_ids.numel() - 1)
+        found = head_ids[pos] == ids
+        rank = getattr(self, f"head_rank_{name}")[pos].to(torch.int64)
+        block = torch.where(found, torch.bucketize(rank, bounds[1:-1], right=True), torch.full_like(ids, tail))
+        row = torch.where(found, rank - bounds[block], ids)
+        return block, row
+
+    def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+        jts = features.to_dict()
+        parts = {n: (jts[n].values(), jts[n].lengths()) for n in self.small}
+        narrow: Dict[str, tuple] = {}
+        for name in self.big:
+            ids, lengths = jts[name].values().to(torch.int64), jts[name].lengths()
+            bounds = getattr(self, f"bounds_{name}")
+            if self.rows_mode:
+                block, row = self._locate(name, ids, bounds)
+            else:
+                block, row = torch.zeros_like(ids), ids
+            vals, lens = route(row, lengths, block, len(self.block_keys[name]))
+            for key, v, ln in zip(self.block_keys[name], vals, lens):
+                (narrow if key in self.narrow_width else parts)[key] = (v, ln)
+        pooled = self.ebc(kjt_from(parts)).to_dict()
+        pooled.update(self._narrow(narrow))
+        out = {n: pooled[n] for n in self.small}
+        for name in self.big:
+            acc = None
+            for key in self.block_keys[name]:
+                x = pooled[key]
+                if key in self.projections:
+                    x = x @ self.projections[key]  # (B, d_k) @ (d_k, d): pool first, project once
+                acc = x if acc is None else acc + x
+            out[name] = acc
+        return out
+
+
+def plan_mixed_dim(
+    schema: FeatureSchema, dim: int, budget: int, cfg: MixedDimConfig, small_field_rows: int,
+    blocks: _Blocks,
+) -> MixedDimPlan:
+    def bytes_at(alpha: float) -> int:
+        return mixed_dim_bytes(schema, dim, cfg, blocks.plan(alpha, dim, cfg.round_dims), small_field_rows)
+
+    if bytes_at(ALPHA_MAX) > budget:
+        best = full_table_bytes(schema.sparse, dim) / bytes_at(ALPHA_MAX)
+        raise BudgetError(
+            f"mixed_dim ({cfg.blocks} blocks) cannot reach this ratio: at most {best:.1f}x with dim {dim}"
+            + (" (row blocks keep a tail table of N rows of width >= 1)" if cfg.blocks == "rows" else "")
+        )
+    if bytes_at(0.0) <= budget:
+        return blocks.plan(0.0, dim, cfg.round_dims)
+    alpha = bisect(bytes_at, budget, 0.0, ALPHA_MAX, increasing=False)
+    plan = blocks.plan(alpha, dim, cfg.round_dims)
+    return plan if cfg.round_dims else _fill(plan, blocks, budget, lambda p: mixed_dim_bytes(schema, dim, cfg, p, small_field_rows), dim)
+
+
+def _fill(plan: MixedDimPlan, blocks: _Blocks, budget: int, bytes_of, dim: int) -> MixedDimPlan:
+    """Spend what the snapped widths left of the budget: widen blocks to their next allowed
+    width, most popular first, while the total stays within the budget (the power rule's
+    alpha moves all widths at once, in steps too coarse to land near the budget)."""
+    widths = allowed_widths(dim)
+    order = sorted(
+        ((float(blocks.pop[n][k]), n, k) for n in plan.dims for k in range(len(plan.dims[n]))),
+        key=lambda t: (-t[0], t[1], t[2]),
+    )
+    changed = True
+    while changed:
+        changed = False
+        for _, n, k in order:
+            wider = widths[widths > plan.dims[n][k]]
+            if wider.size == 0:
+                continue
+            old = plan.dims[n][k]
+            plan.dims[n][k] = int(wider[0])
+            if bytes_of(plan) <= budget:
+                changed = True
+            else:
+                plan.dims[n][k] = old
+    return plan
+
+
+def build_mixed_dim(
+    schema: FeatureSchema, dim: int, cfg: MixedDimConfig, small_field_rows: int, budget: Optional[int],
+    counts: Optional[CountsFn] = None,
+) -> MixedDimEmbedding:
+    _, big = _kept_full(schema, cfg, small_field_rows)
+    data_counts = None
+    if cfg.blocks == "rows":
+        if counts is None:
+            raise ValueError("mixed_dim with blocks=rows needs id counts from the training data")
+        data_counts = counts()
+    blocks = _Blocks(big, cfg, data_counts)
+    if cfg.alpha is not None:
+        plan = blocks.plan(cfg.alpha, dim, cfg.round_dims)
+    elif budget is not None:
+        plan = plan_mixed_dim(schema, dim, budget, cfg, small_field_rows, blocks)
+    else:
+        raise BudgetError("mixed_dim: set compression.ratio / compression.bytes or embedding.mixed_dim.alpha")
+    return MixedDimEmbedding(schema, dim, cfg, plan, small_field_rows, blocks.rank or None)

@@ -1,0 +1,152 @@
+"""Quotient-remainder compositional embeddings (Shi et al., KDD 2020).
+
+e(i) = W_q[i // m] (op) W_r[i % m], op in {mult, add, concat}; W_q has ceil(N/m) rows,
+W_r has m rows. Params (ceil(N/m) + m) * d: smallest at m ~ sqrt(N), so QR cannot compress
+a feature beyond about sqrt(N)/2.
+
+Composed PER ID, then pooled: sum_j W_q[q_j] * W_r[r_j]. The dlrm reference pools each
+table first and composes the two sums, which is wrong for multi-hot bags (dlrm issue #366).
+The two lookups are one unpooled stock ``EmbeddingCollection`` (keys f__q, f__r), so FBGEMM
+does them and DMP can shard both tables; compose + pool runs on the looked-up rows.
+Initialisation (the reference draws U(sqrt(1/N), 1), not a symmetric range): for ``mult``,
+W_r ~ U(1 - x, 1 + x) so the start is close to a plain table W_q; W_q (and for add/concat
+both) ~ U(-sqrt(1/N), sqrt(1/N)) as a full table of N rows would be.
+
+Example::
+
+    emb = build_qr(schema, 32, QRConfig(operation="mult"), small_field_rows=200, budget=b)
+    kt = emb(kjt)       # KeyedTensor, values (B, F * 32)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+from torchrec.modules.embedding_configs import EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from compactrec.embeddings.accounting import FP32
+from compactrec.embeddings.base import CompressedEmbedding, full_config, kjt_from, split_features, sum_pool
+from compactrec.embeddings.budget import BudgetError, bisect, full_table_bytes
+from compactrec.trainer.config import QRConfig
+from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature
+
+
+@dataclass
+class QRPlan:
+    collisions: Dict[str, int]  # compressed feature -> m (rows of W_r); W_q has ceil(N / m)
+
+
+def qr_rows(n: int, m: int) -> int:
+    return -(-n // m) + m
+
+
+class QREmbedding(CompressedEmbedding):
+    def __init__(self, schema: FeatureSchema, dim: int, cfg: QRConfig, plan: QRPlan, small_field_rows: int) -> None:
+        super().__init__(schema, dim)
+        if cfg.operation == "concat" and dim % 2:
+            raise ValueError(f"qr concat needs an even embedding dim, got {dim}")
+        self.operation = cfg.operation
+        small, big = split_features(schema, small_field_rows)
+        self.small = [f.name for f in small]
+        self.big = [f.name for f in big]
+        self.full = EmbeddingBagCollection(tables=[full_config(f, dim) for f in small]) if small else None
+        part = dim // 2 if cfg.operation == "concat" else dim
+        tables: List[EmbeddingConfig] = []
+        for f in big:
+            m = plan.collisions[f.name]
+            bound = math.sqrt(1.0 / f.cardinality)
+            r_lo, r_hi = (1 - cfg.remainder_init, 1 + cfg.remainder_init) if cfg.operation == "mult" else (-bound, bound)
+            tables.append(self._table(f"qr_q_{f.name}", f"{f.name}__q", -(-f.cardinality // m), part, -bound, bound))
+            tables.append(self._table(f"qr_r_{f.name}", f"{f.name}__r", m, part, r_lo, r_hi))
+        self.ec = EmbeddingCollection(tables=tables)
+        self.register_buffer(
+            "collisions", torch.tensor([plan.collisions[n] for n in self.big], dtype=torch.int64), persistent=False
+        )
+
+    @staticmethod
+    def _table(name: str, feature: str, rows: int, dim: int, lo: float, hi: float) -> EmbeddingConfig:
+        return EmbeddingConfig(
+            name=name, embedding_dim=dim, num_embeddings=rows, feature_names=[feature],
+            weight_init_min=lo, weight_init_max=hi,
+        )
+
+    def compose(self, q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """Per-id embedding from its quotient and remainder rows: (nnz, d)."""
+        if self.operation == "mult":
+            return q * r
+        if self.operation == "add":
+            return q + r
+        return torch.cat([q, r], dim=1)
+
+    def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+        jts = features.to_dict()
+        out: Dict[str, torch.Tensor] = {}
+        if self.full is not None:
+            out.update(self.full(KeyedJaggedTensor.from_jt_dict({n: jts[n] for n in self.small})).to_dict())
+        parts = {}
+        for j, name in enumerate(self.big):
+            ids, m = jts[name].values().to(torch.int64), self.collisions[j]
+            parts[f"{name}__q"] = (torch.div(ids, m, rounding_mode="floor"), jts[name].lengths())
+            parts[f"{name}__r"] = (ids % m, jts[name].lengths())
+        rows = self.ec(kjt_from(parts))
+        for name in self.big:
+            per_id = self.compose(rows[f"{name}__q"].values(), rows[f"{name}__r"].values())
+            out[name] = sum_pool(per_id, jts[name].lengths())
+        return out
+
+
+def qr_bytes(schema: FeatureSchema, dim: int, plan: QRPlan, small_field_rows: int) -> int:
+    small, big = split_features(schema, small_field_rows)
+    rows = sum(qr_rows(f.cardinality, plan.collisions[f.name]) for f in big)
+    return full_table_bytes(small, dim) + rows * dim * FP32  # concat: 2 tables of d/2 each
+
+
+def _collisions_for(f: SparseFeature, target_rows: float) -> int:
+    """The m whose ceil(N/m) + m is closest to (not above, if possible) ``target_rows``:
+    the larger root of m^2 - t m + N = 0, or sqrt(N) when t < 2 sqrt(N) (QR's floor)."""
+    n, t = f.cardinality, target_rows
+    disc = t * t - 4 * n
+    if disc <= 0:
+        return max(1, round(math.sqrt(n)))
+    m = min(max(int((t + math.sqrt(disc)) / 2), 1), n)
+    while m > math.sqrt(n) and qr_rows(n, m) > t:  # above sqrt(N), rows grow with m
+        m -= 1
+    return m
+
+
+def plan_qr(schema: FeatureSchema, dim: int, budget: int, small_field_rows: int) -> QRPlan:
+    """Each feature's rows proportional to its cardinality; QR's floor of 2 sqrt(N) rows per
+    feature caps the ratio (an error names the largest reachable one)."""
+    small, big = split_features(schema, small_field_rows)
+    left_rows = (budget - full_table_bytes(small, dim)) // (dim * FP32)
+
+    def plan_at(scale: float) -> QRPlan:
+        return QRPlan({f.name: _collisions_for(f, max(scale * f.cardinality, 1.0)) for f in big})
+
+    def rows_at(scale: float) -> int:
+        p = plan_at(scale)
+        return sum(qr_rows(f.cardinality, p.collisions[f.name]) for f in big)
+
+    floor = rows_at(0.0)
+    if floor > left_rows:
+        best = full_table_bytes(schema.sparse, dim) / (full_table_bytes(small, dim) + floor * dim * FP32)
+        raise BudgetError(f"qr cannot reach this ratio: its smallest tables (m = sqrt(N)) give {best:.1f}x at most")
+    return plan_at(bisect(rows_at, left_rows, 0.0, 1.0, increasing=True))
+
+
+def build_qr(
+    schema: FeatureSchema, dim: int, cfg: QRConfig, small_field_rows: int, budget: Optional[int]
+) -> QREmbedding:
+    _, big = split_features(schema, small_field_rows)
+    if cfg.collisions is not None:
+        plan = QRPlan({f.name: min(cfg.collisions, f.cardinality) for f in big})
+    elif budget is not None:
+        plan = plan_qr(schema, dim, budget, small_field_rows)
+    else:
+        raise BudgetError("qr: set compression.ratio / compression.bytes or embedding.qr.collisions")
+    return QREmbedding(schema, dim, cfg, plan, small_field_rows)
