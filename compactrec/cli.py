@@ -2,6 +2,10 @@
 
     compactrec synth OUT_DIR [key=value ...]        synthetic Criteo-shaped Parquet shards
     compactrec train CONFIG [key=value ...]         train (Ray Train or local), print a summary
+    compactrec submit CONFIG --address http://HEAD:8265 [key=value ...] [--follow]
+                                                    run it on a Ray cluster (Jobs API), code shipped
+    compactrec submit CONFIG --k8s --cluster-config configs/cluster/cpu.yaml [key=value ...] [-o FILE]
+                                                    render a KubeRay RayJob manifest for kubectl apply
 """
 
 from __future__ import annotations
@@ -17,9 +21,13 @@ from compactrec.trainer.config import ConfigError, RunConfig, load_config
 
 
 def _absolute(cfg: RunConfig) -> RunConfig:
-    """Paths resolved against the caller's directory (workers may run elsewhere)."""
-    data = replace(cfg.data, path=str(Path(cfg.data.path).resolve()))
-    return replace(cfg, data=data, runs_dir=str(Path(cfg.runs_dir).resolve()))
+    """Local paths resolved against the caller's directory (Ray workers run elsewhere);
+    URIs (s3://, gs://, hdfs://, file://) pass unchanged."""
+
+    def resolve(p: str) -> str:
+        return p if "://" in p else str(Path(p).resolve())
+
+    return replace(cfg, data=replace(cfg.data, path=resolve(cfg.data.path)), runs_dir=resolve(cfg.runs_dir))
 
 
 def ensure_data(cfg: RunConfig) -> None:
@@ -94,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     t.set_defaults(fn=_cmd_train)
+    from compactrec.cluster.submit import add_parser as add_submit_parser
+
+    add_submit_parser(sub)
     return p
 
 

@@ -165,19 +165,24 @@ class _Occurrences:
     lengths: List[torch.Tensor]  # per compressed feature: (B,) bag lengths
     norms: List[Optional[torch.Tensor]]  # per compressed feature: (B,) pooled-grad norms (hooks)
 
-    def scores(self, importance: str) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(keys, scores) to insert. grad_norm: only features whose gradient arrived."""
+    def scores(self, importance: str, mean=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(keys, scores) to insert. grad_norm: only features whose gradient arrived,
+        normalised by ``mean(scores)`` (default: this batch's mean; sharded: all ranks')."""
         if importance == "count":
             keys = torch.cat(self.gids)
             return keys, torch.ones(keys.shape, dtype=torch.float32, device=keys.device)
         have = [i for i, n in enumerate(self.norms) if n is not None]
         if not have:
-            return self.gids[0].new_empty(0), torch.empty(0)  # no backward ran for this forward
-        keys = torch.cat([self.gids[i] for i in have])
-        # sum pooling: the row an occurrence used receives exactly its bag's pooled gradient
-        scores = torch.cat([self.norms[i][bag_ids(self.lengths[i])] for i in have])  # type: ignore[index]
-        mean = scores.mean() if scores.numel() else scores.new_zeros(())
-        return (keys, scores / mean) if mean > 0 else (keys[:0], scores[:0])
+            keys, scores = self.gids[0].new_empty(0), torch.empty(0)  # no backward ran
+        else:
+            keys = torch.cat([self.gids[i] for i in have])
+            # sum pooling: the row an occurrence used receives exactly its bag's pooled gradient
+            scores = torch.cat([self.norms[i][bag_ids(self.lengths[i])] for i in have])  # type: ignore[index]
+        if mean is not None:
+            m = mean(scores)
+        else:
+            m = scores.mean() if scores.numel() else scores.new_zeros(())
+        return (keys, scores / m) if m > 0 else (keys[:0], scores[:0])
 
 
 def _flush_before_save(module: "CafeEmbedding", prefix: str, keep_vars: bool) -> None:
@@ -223,6 +228,7 @@ class CafeEmbedding(CompressedEmbedding):
                 plan.buckets, plan.hot_rows, cfg.threshold, cfg.slots, cfg.decay, cfg.seed, device=device
             )
         self._pending: List[_Occurrences] = []
+        self.router = None  # set by sharding.cafe.attach_sharded_cafe under DMP (several ranks)
         self.register_state_dict_pre_hook(_flush_before_save)
         self.register_load_state_dict_post_hook(_drop_pending_after_load)
 
@@ -275,8 +281,8 @@ class CafeEmbedding(CompressedEmbedding):
         gids = [self.global_ids(f.name, jts[f.name].values()) for f in self.compressed]
         lengths = [jts[f.name].lengths() for f in self.compressed]
         if self.compressed:
-            sketch: HotSketch = self.sketch  # type: ignore[assignment]
-            slots = sketch.query(torch.cat(gids)).split([g.numel() for g in gids])  # one query for all
+            query = self.sketch.query if self.router is None else self.router.query  # type: ignore[union-attr]
+            slots = query(torch.cat(gids)).split([g.numel() for g in gids])  # one query for all
             for f, gid, slot, n in zip(self.compressed, gids, slots, lengths):
                 local = gid - self.offsets[f.name]
                 cold = (slot < 0).long()  # route target: 0 = hot, 1 = cold
@@ -317,6 +323,10 @@ class CafeEmbedding(CompressedEmbedding):
         pending, self._pending = self._pending, []
         promoted = 0
         for occ in pending:
+            if self.router is not None:  # collective: every rank flushes the same number of times
+                keys, scores = occ.scores(self.cfg.importance, self.router.mean)
+                promoted += self.router.update(keys, scores)
+                continue
             keys, scores = occ.scores(self.cfg.importance)
             if keys.numel():
                 pk, ps, _, _ = self.sketch.insert(keys, scores)  # type: ignore[union-attr]

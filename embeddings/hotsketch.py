@@ -20,9 +20,16 @@ Vectorisation contract (``tests/unit/hotsketch_model.py`` follows it exactly):
 3. round r processes the r-th key of every bucket at once (no two keys of a round share a
    bucket, so the round is a set of independent single-key inserts);
 4. within a round, free hot slots go to the promotion candidates in ascending bucket order,
-   popped from a stack (initially slots 0, 1, 2, ... come out in that order);
+   lowest free slot first (the free stack is kept sorted, so the slot an id gets depends
+   only on the sketch's state, never on the history of frees: a checkpoint can rebuild it);
 5. after each round the round's total score is added to the decay counter and the decay
-   check runs; demoted slots are pushed back in ascending (bucket, slot) order.
+   check runs (demoted slots become free).
+
+A sketch can be one shard of a larger one (``sharding/cafe.py``): it then owns the buckets
+[bucket_offset, bucket_offset + buckets) of ``total_buckets`` (hash and decay threshold use
+the total), and ``insert(..., sync=...)`` runs the same number of rounds as the other shards
+with the decay decided on the summed score of all shards, so the shards together behave like
+one sketch (except that each shard hands out only its own hot slots).
 
 All state lives in buffers, so ``state_dict`` round-trips the exact id -> hot slot answers.
 Constants T and decay are rounded to float32 once, so float32 and float64 arithmetic agree.
@@ -36,7 +43,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Protocol, Tuple
 
 import numpy as np
 import torch
@@ -57,6 +64,23 @@ def _f32(x: float) -> float:
     return float(np.float32(x))
 
 
+class RoundSync(Protocol):
+    """Reductions over the shards of one sketch (``sharding/cafe.py`` implements it)."""
+
+    def max(self, value: int) -> int: ...
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor: ...
+
+
+def _rebuild_free_after_load(module: "HotSketch", incompatible_keys) -> None:
+    """The free stack is a function of ``owner`` (sorted free slots, lowest on top): rebuild
+    it, so a state saved by a differently partitioned sketch loads consistently."""
+    free = torch.nonzero(module.owner < 0).squeeze(1).flip(0).to(torch.int32)
+    module.free.zero_()
+    module.free[: free.numel()] = free
+    module.free_count.fill_(free.numel())
+
+
 class HotSketch(nn.Module):
     """Online hot-id detector with ``hot_slots`` hot rows to hand out.
 
@@ -72,13 +96,17 @@ class HotSketch(nn.Module):
         decay: float = 0.99,
         seed: int = 0,
         device: Optional[torch.device] = None,
+        total_buckets: Optional[int] = None,
+        bucket_offset: int = 0,
     ) -> None:
         super().__init__()
-        if buckets < 1 or slots < 1 or hot_slots < 0:
+        if buckets < 0 or slots < 1 or hot_slots < 0:
             raise ValueError(
                 f"HotSketch needs buckets >= 1, slots >= 1, hot_slots >= 0 (got {buckets}, {slots}, {hot_slots})"
             )
         self.w, self.c, self.num_slots = buckets, slots, hot_slots
+        self.total_buckets = buckets if total_buckets is None else total_buckets
+        self.bucket_offset = bucket_offset
         self.threshold, self.decay, self.seed = _f32(threshold), _f32(decay), seed
         self.register_buffer("keys", torch.full((buckets, slots), -1, dtype=torch.int64, device=device))
         self.register_buffer("scores", torch.zeros((buckets, slots), dtype=torch.float32, device=device))
@@ -88,6 +116,7 @@ class HotSketch(nn.Module):
         self.register_buffer("free_count", torch.tensor(hot_slots, dtype=torch.int64, device=device))
         self.register_buffer("owner", torch.full((hot_slots,), -1, dtype=torch.int64, device=device))
         self.register_buffer("inserted", torch.tensor(0.0, dtype=torch.float64, device=device))
+        self.register_load_state_dict_post_hook(_rebuild_free_after_load)
 
     @staticmethod
     def state_bytes(buckets: int, hot_slots: int, slots: int) -> int:
@@ -97,14 +126,15 @@ class HotSketch(nn.Module):
     @property
     def decay_after(self) -> float:
         """Decay once the score inserted since the last decay exceeds this (w * T * 10)."""
-        return self.w * self.threshold * 10
+        return self.total_buckets * self.threshold * 10
 
     @property
     def num_hot(self) -> int:
         return self.num_slots - int(self.free_count)
 
     def bucket_of(self, keys: torch.Tensor) -> torch.Tensor:
-        return hash_mod(keys, self.w, self.seed)
+        """This sketch's bucket index of each key (a shard: the global bucket - its offset)."""
+        return hash_mod(keys, self.total_buckets, self.seed) - self.bucket_offset
 
     def hot_keys(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(keys, slots) of every hot id, by slot ascending."""
@@ -121,11 +151,12 @@ class HotSketch(nn.Module):
 
     @torch.no_grad()
     def insert(
-        self, keys: torch.Tensor, scores: Optional[torch.Tensor] = None
+        self, keys: torch.Tensor, scores: Optional[torch.Tensor] = None, sync: Optional["RoundSync"] = None
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Insert a batch: keys (N,) int64, scores (N,) float (default 1 per key).
 
-        Returns the net change over the batch, each (K,) int64:
+        ``sync`` (shards only): reduces the round count (max) and each round's score (sum)
+        over all shards. Returns the net change over the batch, each (K,) int64:
         ``(promoted_keys, promoted_slots, demoted_keys, demoted_slots)``; a key promoted and
         demoted within the same batch appears in neither.
         """
@@ -134,12 +165,17 @@ class HotSketch(nn.Module):
         if keys.numel() and int(keys.min()) < 0:
             raise ValueError(f"HotSketch.insert: keys must be >= 0 (-1 marks an empty slot), got {int(keys.min())}")
         events: Events = []
-        if keys.numel():
-            for x, b, v in self._rounds(keys, scores):
+        rounds = self._rounds(keys, scores) if keys.numel() else []
+        n = len(rounds) if sync is None else sync.max(len(rounds))
+        for r in range(n):
+            total = torch.zeros((), dtype=torch.float64)
+            if r < len(rounds):
+                x, b, v = rounds[r]
                 self._insert_round(x, b, v, events)
-                self.inserted += v.sum(dtype=torch.float64)
-                if float(self.inserted) > self.decay_after:
-                    self._decay(events)
+                total = v.sum(dtype=torch.float64)
+            self.inserted += total if sync is None else sync.sum(total)
+            if float(self.inserted) > self.decay_after:
+                self._decay(events)
         return self._net_changes(events)
 
     def _rounds(self, keys: torch.Tensor, scores: torch.Tensor) -> List[Tuple[torch.Tensor, ...]]:
@@ -196,6 +232,8 @@ class HotSketch(nn.Module):
             n = int(self.free_count)
             self.free[n : n + idx.numel()] = slots.to(torch.int32)
             self.free_count += idx.numel()
+            top = n + idx.numel()  # keep the stack sorted: the lowest free slot pops first
+            self.free[:top] = torch.sort(self.free[:top], descending=True).values
             events.append((slots, self.owner[slots].clone()))
             self.owner[slots] = -1
             hot[idx] = -1

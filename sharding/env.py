@@ -80,8 +80,12 @@ def _spawned(rank: int, world_size: int, port: int, fn: Callable, args: Sequence
     init_process_group(rank, world_size, port)
     try:
         fn(rank, world_size, *args)
-    finally:
-        close_process_group()
+    except BaseException:
+        # No barrier: the other ranks may be stuck in a collective; exiting with the error
+        # makes torch.multiprocessing terminate them instead of waiting for a timeout.
+        dist.destroy_process_group()
+        raise
+    close_process_group()
 
 
 def spawn(fn: Callable[..., None], world_size: int, *args: Any) -> None:

@@ -12,7 +12,7 @@ sharders only offer them on CUDA, though FBGEMM's CPU kernels run them exactly).
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch.distributed as dist
 from torch import nn
@@ -68,38 +68,52 @@ def default_sharders() -> List[ModuleSharder[nn.Module]]:
     return [EBCSharder(), ECSharder()]  # type: ignore[list-item]
 
 
-def embedding_tables(model: nn.Module) -> Dict[str, int]:
-    """Table name -> rows, for every stock TorchRec embedding module inside ``model``."""
-    tables: Dict[str, int] = {}
+def embedding_tables(model: nn.Module) -> Dict[str, Tuple[int, List[str]]]:
+    """Table name -> (rows, sharding types its module supports), for every stock TorchRec
+    embedding module inside ``model``."""
+    tables: Dict[str, Tuple[int, List[str]]] = {}
     for module in model.modules():
         if isinstance(module, EmbeddingBagCollection):
-            configs = module.embedding_bag_configs()
+            configs, supported = module.embedding_bag_configs(), EBCSharder().sharding_types("cpu")
         elif isinstance(module, EmbeddingCollection):
-            configs = module.embedding_configs()
+            configs, supported = module.embedding_configs(), ECSharder().sharding_types("cpu")
         else:
             continue
         for c in configs:
             if c.name in tables:
                 raise ValueError(f"two embedding tables are named '{c.name}'")
-            tables[c.name] = c.num_embeddings
+            tables[c.name] = (c.num_embeddings, supported)
     return tables
 
 
 def table_constraints(
     model: nn.Module, types: Sequence[str], per_table: Dict[str, List[str]]
 ) -> Dict[str, ParameterConstraints]:
-    """Every table gets the fused kernel and the allowed model-parallel sharding types."""
+    """Every table gets the fused kernel and the requested sharding types that its module
+    supports (unpooled collections have no table_row_wise); CAFE's hot table is kept whole
+    per row (row_wise or table_wise) so its sketch shard owns whole rows."""
+    from compactrec.embeddings.cafe import HOT_TABLE
+    from compactrec.sharding.cafe import HOT_TABLE_TYPES
+
     tables = embedding_tables(model)
     unknown = sorted(set(per_table) - set(tables))
     if unknown:
         raise ValueError(f"sharding.per_table names unknown tables {unknown}; tables: {sorted(tables)}")
     out = {}
-    for name in tables:
-        allowed = list(per_table.get(name, types))
-        bad = [t for t in allowed if t not in MODEL_PARALLEL_TYPES]
+    for name, (_, supported) in tables.items():
+        requested = list(per_table.get(name, types))
+        bad = [t for t in requested if t not in MODEL_PARALLEL_TYPES]
         if bad:
             raise ValueError(
                 f"table '{name}': sharding types {bad} not supported; choose from {MODEL_PARALLEL_TYPES}"
+            )
+        if name == HOT_TABLE:
+            supported = [t for t in supported if t in HOT_TABLE_TYPES]
+            requested = [t for t in requested if t in supported] or ["row_wise"]
+        allowed = [t for t in requested if t in supported]
+        if not allowed:
+            raise ValueError(
+                f"table '{name}': none of the sharding types {requested} applies; it takes {supported}"
             )
         out[name] = ParameterConstraints(sharding_types=allowed, compute_kernels=[FUSED])
     return out
@@ -150,15 +164,19 @@ def shard_model(
     env: DistEnv,
 ) -> DistributedModelParallel:
     """Plan and wrap ``model``; its embedding parameters must carry their optimizer already."""
+    from compactrec.sharding.cafe import attach_sharded_cafe
+
     sharders = default_sharders()
     plan = plan_model(model, env, types, per_table, sharders)
-    return DistributedModelParallel(
+    dmp = DistributedModelParallel(
         module=model,
         env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
         device=env.device,
         plan=plan,
         sharders=sharders,
     )
+    attach_sharded_cafe(dmp)  # CAFE's sketch: one shard per rank, beside its hot rows
+    return dmp
 
 
 def describe_plan(plan: ShardingPlan) -> List[Dict[str, object]]:

@@ -94,6 +94,7 @@ class HotSketchModel:
                 self.scores[b][j] = F32(self.scores[b][j] * self.decay)
                 if self.hot[b][j] >= 0 and self.scores[b][j] < self.threshold:
                     self.free.append(self.hot[b][j])
+                    self.free.sort(reverse=True)  # the lowest free slot pops first
                     self.owner[self.hot[b][j]] = -1
                     self.hot[b][j] = -1
                     self.demotions += 1

@@ -1,0 +1,1 @@
+"""qr_bag: quotient-remainder compositional embeddings, composed per id before pooling."""

@@ -1,0 +1,246 @@
+"""CAFE across ranks: one HotSketch partitioned over the ranks, co-located with the hot table.
+
+TorchRec shards CAFE's ``EmbeddingBagCollection`` like any other (DMP); this module makes the
+sketch agree across ranks, as TorchRec's managed-collision modules do for their remapping:
+
+- ownership: the hot table ``cafe_hot`` is sharded row-wise (or table-wise); rank r owns the
+  hot slots of its row shard [s0, s1) and the sketch buckets [W * s0 / H, W * s1 / H) of the
+  W buckets, so every promotion it makes lands in a row it holds;
+- query: each id is sent to the owner of its bucket (``all_to_all``), answered there, sent
+  back: every rank gets the same id -> slot answer;
+- insert: (id, importance) pairs go to the owners; importance is normalised by the GLOBAL
+  mean; the shards run the same number of rounds and decay on the summed score, so together
+  they behave like one sketch fed the global batch (each shard hands out its own slots only);
+- migration: a promoted id's current hash embedding is looked up through the sharded EBC
+  itself (a collective, no-grad lookup of one-id bags) and written into the owner's rows;
+- checkpoint: the shard's buffers appear in ``state_dict`` as ``ShardedTensor`` s over
+  buckets / slots, so torch.distributed.checkpoint saves and reshards them with the tables.
+
+Attach with ``attach_sharded_cafe(dmp_model)`` right after ``DistributedModelParallel``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed._shard.metadata import ShardMetadata
+from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, ShardedTensorMetadata
+from torch.distributed._shard.sharded_tensor.metadata import TensorProperties
+
+from compactrec.embeddings.cafe import HOT_TABLE, CafeEmbedding
+from compactrec.embeddings.hotsketch import HotSketch
+from compactrec.hashing import hash_mod
+
+HOT_TABLE_TYPES = ["row_wise", "table_wise"]  # the hot rows must be whole on their owner
+_SHARDED_BUFFERS = {"keys": "buckets", "scores": "buckets", "hot": "buckets", "owner": "slots"}
+
+
+class _PGSync:
+    """``RoundSync`` over a process group: all shards run as many rounds as the busiest."""
+
+    def __init__(self, pg: Optional[dist.ProcessGroup]) -> None:
+        self.pg = pg
+
+    def max(self, value: int) -> int:
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.pg)
+        return int(t)
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        t = value.detach().to(torch.float64).reshape(1).clone()
+        dist.all_reduce(t, group=self.pg)
+        return t[0]
+
+
+def _exchange(values: torch.Tensor, dest: torch.Tensor, world: int, pg) -> Tuple[torch.Tensor, torch.Tensor, List[int], List[int]]:
+    """Send values[i] to rank dest[i]. Returns (received, send order, send counts, recv counts)."""
+    order = torch.sort(dest, stable=True).indices
+    send = torch.bincount(dest, minlength=world)
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=pg)
+    send_l, recv_l = send.tolist(), recv.tolist()
+    out = values.new_empty((sum(recv_l),) + tuple(values.shape[1:]))
+    dist.all_to_all_single(out, values[order].contiguous(), recv_l, send_l, group=pg)
+    return out, order, send_l, recv_l
+
+
+def _send_back(values: torch.Tensor, order: torch.Tensor, send: List[int], recv: List[int], pg) -> torch.Tensor:
+    """Inverse of ``_exchange``: answers for the received items, back in the sender's order."""
+    out = values.new_empty((sum(send),) + tuple(values.shape[1:]))
+    dist.all_to_all_single(out, values.contiguous(), send, recv, group=pg)
+    result = torch.empty_like(out)
+    result[order] = out
+    return result
+
+
+class ShardedCafeSketch:
+    """The rank's part of one HotSketch and the collectives around it (see module doc)."""
+
+    def __init__(self, module: CafeEmbedding, slot_ranges: List[Tuple[int, int]], hot_shard: torch.Tensor,
+                 pg: Optional[dist.ProcessGroup] = None) -> None:
+        self.module, self.pg = module, pg
+        self.rank, self.world = dist.get_rank(pg), dist.get_world_size(pg)
+        plan, cfg = module.plan, module.cfg
+        self.total_buckets, self.total_slots = plan.buckets, plan.hot_rows
+        self.slot_ranges = slot_ranges
+        self.bucket_ranges = [
+            (plan.buckets * s0 // plan.hot_rows, plan.buckets * s1 // plan.hot_rows) for s0, s1 in slot_ranges
+        ]
+        self.bucket_starts = torch.tensor([b0 for b0, _ in self.bucket_ranges] + [plan.buckets])
+        (b0, b1), (s0, s1) = self.bucket_ranges[self.rank], slot_ranges[self.rank]
+        self.slot_offset = s0
+        self.local = HotSketch(
+            b1 - b0, s1 - s0, cfg.threshold, cfg.slots, cfg.decay, cfg.seed,
+            total_buckets=plan.buckets, bucket_offset=b0,
+        )
+        self.hot_shard = hot_shard  # (s1 - s0, dim) view of this rank's rows of cafe_hot
+        self.sync = _PGSync(pg)
+
+    def owner_of(self, keys: torch.Tensor) -> torch.Tensor:
+        bucket = hash_mod(keys, self.total_buckets, self.module.cfg.seed)
+        return torch.bucketize(bucket, self.bucket_starts[1:], right=True)
+
+    def query(self, keys: torch.Tensor) -> torch.Tensor:
+        """Global hot slot per key (-1: not hot); the same answer on every rank."""
+        got, order, send, recv = _exchange(keys, self.owner_of(keys), self.world, self.pg)
+        slots = self.local.query(got)
+        slots = torch.where(slots >= 0, slots + self.slot_offset, slots)
+        return _send_back(slots, order, send, recv, self.pg)
+
+    def mean(self, scores: torch.Tensor) -> torch.Tensor:
+        """Mean of the importance over every rank's occurrences."""
+        t = torch.tensor([float(scores.sum()), float(scores.numel())], dtype=torch.float64)
+        dist.all_reduce(t, group=self.pg)
+        return (t[0] / t[1]).to(torch.float32) if t[1] > 0 else torch.zeros((), dtype=torch.float32)
+
+    @torch.no_grad()
+    def update(self, keys: torch.Tensor, scores: torch.Tensor) -> int:
+        """Insert (key, score) pairs on their owners, migrate promoted rows; returns the
+        number of promotions on this rank. Collective: every rank calls it, in step."""
+        packed = torch.stack([keys.to(torch.float64), scores.to(torch.float64)], 1)  # one exchange
+        got, _, _, _ = _exchange(packed, self.owner_of(keys), self.world, self.pg)
+        pk, ps, _, _ = self.local.insert(got[:, 0].to(torch.int64), got[:, 1].to(torch.float32), sync=self.sync)
+        self._migrate(pk, ps)
+        return pk.numel()
+
+    def _migrate(self, keys: torch.Tensor, local_slots: torch.Tensor) -> None:
+        """Hot rows <- the promoted ids' current hash embeddings, via one collective lookup."""
+        m = self.module
+        p = self.sync.max(keys.numel())
+        if p == 0:
+            return
+        feature = torch.searchsorted(torch.tensor(m._starts), keys, right=True) - 1
+        parts: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+        empty = torch.zeros(p, dtype=torch.int32)
+        for key in m._kjt_keys:
+            parts[key] = (torch.zeros(0, dtype=torch.int64), empty)
+        for i, f in enumerate(m.compressed):
+            mine = torch.nonzero(feature == i).squeeze(1)
+            lengths = torch.zeros(p, dtype=torch.int32)
+            lengths[mine] = 1  # bag j of key f__h{l}: promoted id j if it belongs to f
+            local = keys[mine] - m.offsets[f.name]
+            for level in range(m.cfg.levels):
+                parts[f"{f.name}__h{level}"] = (m.hash_rows(f.name, local, level), lengths)
+        from compactrec.embeddings.base import kjt_from
+
+        pooled = m.ebc(kjt_from({k: parts[k] for k in m._kjt_keys})).to_dict()
+        values = sum(pooled[f"{f.name}__h{l}"] for f in m.compressed for l in range(m.cfg.levels))
+        n = keys.numel()
+        if n:
+            self.hot_shard[local_slots] = values[:n].to(self.hot_shard.dtype)
+
+    # ------------------------------------------------------------------------ checkpoint
+    def _metadata(self, name: str, t: torch.Tensor) -> ShardedTensorMetadata:
+        ranges = self.bucket_ranges if _SHARDED_BUFFERS[name] == "buckets" else self.slot_ranges
+        total = self.total_buckets if _SHARDED_BUFFERS[name] == "buckets" else self.total_slots
+        tail = list(t.shape[1:])
+        shards = [
+            ShardMetadata([lo] + [0] * len(tail), [hi - lo] + tail, f"rank:{r}/{t.device.type}")
+            for r, (lo, hi) in enumerate(ranges)
+            if hi > lo
+        ]
+        props = TensorProperties(dtype=t.dtype, layout=t.layout, requires_grad=False, memory_format=torch.contiguous_format)
+        return ShardedTensorMetadata(shards, torch.Size([total] + tail), props)
+
+    def sharded_state(self) -> Dict[str, ShardedTensor]:
+        """The shard's buffers as ShardedTensors (views: loading into them fills the buffers)."""
+        out = {}
+        for name, kind in _SHARDED_BUFFERS.items():
+            t = getattr(self.local, name)
+            lo = (self.bucket_ranges if kind == "buckets" else self.slot_ranges)[self.rank][0]
+            shards = [Shard.from_tensor_and_offsets(t, [lo] + [0] * (t.dim() - 1), self.rank)] if t.shape[0] else []
+            out[name] = ShardedTensor._init_from_local_shards_and_global_metadata(
+                shards, self._metadata(name, t), process_group=self.pg
+            )
+        out["inserted"] = self.local.inserted  # the same on every rank (decay is global)
+        return out
+
+
+def _state_hook(module: CafeEmbedding, state: Dict, prefix: str, local_metadata) -> None:
+    for key in [k for k in state if k.startswith(prefix + "sketch.")]:
+        del state[key]
+    for name, value in module.router.sharded_state().items():  # type: ignore[union-attr]
+        state[prefix + "sketch." + name] = value
+
+
+def _load_hook(module: CafeEmbedding, state: Dict, prefix: str, *args) -> None:
+    """Accept ShardedTensor (DCP) or full tensors for the sketch; copy the local rows."""
+    router: ShardedCafeSketch = module.router  # type: ignore[assignment]
+    for name, kind in _SHARDED_BUFFERS.items():
+        key = prefix + "sketch." + name
+        if key not in state:
+            continue
+        value, target = state[key], getattr(router.local, name)
+        if isinstance(value, ShardedTensor):
+            local = value.local_shards()[0].tensor if value.local_shards() else target[:0]
+        else:
+            lo, hi = (router.bucket_ranges if kind == "buckets" else router.slot_ranges)[router.rank]
+            local = value[lo:hi]
+        state[key] = local
+    for name in ("free", "free_count"):  # rebuilt from owner after the load
+        state.setdefault(prefix + "sketch." + name, getattr(router.local, name))
+
+
+def _hot_shard(module: CafeEmbedding) -> Tuple[torch.Tensor, int, int]:
+    """This rank's rows of the hot table: (view, first row, row count)."""
+    st = module.ebc.state_dict()[f"embedding_bags.{HOT_TABLE}.weight"]
+    if not isinstance(st, ShardedTensor):
+        raise RuntimeError("cafe_hot is not sharded: attach_sharded_cafe runs after DMP")
+    shards = st.local_shards()
+    if not shards:
+        return torch.empty(0, module.dim), 0, 0
+    if len(shards) > 1 or shards[0].metadata.shard_sizes[1] != module.dim:
+        raise RuntimeError(f"{HOT_TABLE} must be sharded {HOT_TABLE_TYPES} (whole rows on one rank)")
+    md = shards[0].metadata
+    return shards[0].tensor, md.shard_offsets[0], md.shard_sizes[0]
+
+
+def attach_sharded_cafe(model: nn.Module, pg: Optional[dist.ProcessGroup] = None) -> int:
+    """Give every CafeEmbedding inside a DMP-wrapped ``model`` a sharded sketch. Returns how many."""
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, CafeEmbedding) or module.sketch is None:
+            continue
+        view, start, rows = _hot_shard(module)
+        ranges = [None] * dist.get_world_size(pg)
+        dist.all_gather_object(ranges, (start, start + rows), group=pg)
+        ranges = [(lo, hi) if hi > lo else (0, 0) for lo, hi in ranges]
+        covered = sorted(r for r in ranges if r[1] > r[0])
+        if [lo for lo, _ in covered][1:] != [hi for _, hi in covered][:-1] or covered[-1][1] != module.plan.hot_rows:
+            raise RuntimeError(f"{HOT_TABLE} row shards {ranges} do not tile [0, {module.plan.hot_rows})")
+        ranges = [(lo, hi) if hi > lo else (_empty_at(ranges, r),) * 2 for r, (lo, hi) in enumerate(ranges)]
+        router = ShardedCafeSketch(module, ranges, view, pg)
+        module.sketch = router.local
+        module.router = router
+        module._register_state_dict_hook(_state_hook)
+        module._register_load_state_dict_pre_hook(_load_hook, with_module=True)
+        count += 1
+    return count
+
+
+def _empty_at(ranges: List[Tuple[int, int]], rank: int) -> int:
+    """Where an empty range sits so bucket ranges stay ordered: the end of the ranks before."""
+    return max([hi for lo, hi in ranges[:rank] if hi > lo], default=0)

@@ -1,0 +1,93 @@
+"""COMPACTREC_KERNELS picks the backend; an explicit backend that cannot run raises."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from compactrec import kernels
+from compactrec.kernels._common import interpreting, new_output, poison_enabled
+from compactrec.kernels._dispatch import ENV, resolve_backend
+from tests.kernels.cases import DEVICE, assert_same
+
+CPU = torch.zeros(1)
+interpreter_only = pytest.mark.skipif(not interpreting(), reason="checks the CPU interpreter set-up")
+
+
+def test_auto_on_cpu_is_the_native_path(monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+    assert resolve_backend(CPU) == "cpu"
+    monkeypatch.setenv(ENV, "auto")
+    assert resolve_backend(CPU) == "cpu"
+
+
+@interpreter_only
+@pytest.mark.parametrize("name", ["reference", "cpu", "triton"])
+def test_explicit_backends(monkeypatch, name):
+    monkeypatch.setenv(ENV, name)
+    assert resolve_backend(CPU) == name  # triton runs here under TRITON_INTERPRET=1 (conftest)
+
+
+def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.setenv(ENV, "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="CUDA device"):
+        resolve_backend(CPU)
+
+
+def test_unknown_backend_raises(monkeypatch):
+    monkeypatch.setenv(ENV, "cuda")
+    with pytest.raises(ValueError, match=ENV):
+        resolve_backend(CPU)
+
+
+@pytest.mark.parametrize("name", ["reference", "cpu", "triton"])
+def test_public_ops_run_every_backend(monkeypatch, name):
+    """The dispatching functions give the reference's answer whichever backend runs."""
+    monkeypatch.setenv(ENV, name)
+    values, offsets = torch.tensor([3, 1, 4, 1, 5], dtype=torch.int32), torch.tensor([0, 2, 2, 5])
+    gen = torch.Generator().manual_seed(0)
+    table, scale = torch.randn(7, 6, generator=gen), torch.rand(9, generator=gen)
+    tables = [torch.randn(4, 3, generator=gen), torch.randn(2, 6, generator=gen)]
+    projs = [torch.randn(3, 6, generator=gen), None]
+    q, r = torch.randn(3, 6, generator=gen), torch.randn(2, 6, generator=gen)
+    values, offsets, table, scale, q, r = (t.to(DEVICE) for t in (values, offsets, table, scale, q, r))
+    tables, projs = [t.to(DEVICE) for t in tables], [projs[0].to(DEVICE), None]
+    got = [
+        kernels.hash_scale_bag(values, offsets, table, scale, seed=5),
+        kernels.mixed_dim_bag(values, offsets, [0, 4, 6], tables, projs),
+        kernels.qr_bag(values, offsets, q, r, collisions=2),
+    ]
+    monkeypatch.setenv(ENV, "reference")
+    want = [
+        kernels.hash_scale_bag(values, offsets, table, scale, seed=5),
+        kernels.mixed_dim_bag(values, offsets, [0, 4, 6], tables, projs),
+        kernels.qr_bag(values, offsets, q, r, collisions=2),
+    ]
+    assert_same(got, want, ["hash_scale", "mixed_dim", "qr"], torch.float32)
+
+
+@interpreter_only
+def test_auto_picks_triton_only_on_cuda(monkeypatch):
+    monkeypatch.setenv(ENV, "auto")
+    assert resolve_backend(CPU, CPU) == "cpu"  # CPU tensors: native path even with the interpreter on
+
+
+def test_outputs_are_poisoned_in_tests():
+    """conftest turns poisoning on: a kernel output starts as NaN, and the comparison
+    helper rejects an element left unwritten."""
+    assert poison_enabled()
+    buf = new_output((3, 4), torch.float32, "cpu")
+    assert all(math.isnan(x) for x in buf.view(-1).tolist())
+    buf[:, :3] = 0.0  # a "kernel" that forgets the last column
+    with pytest.raises(AssertionError, match="non-finite"):
+        assert_same([buf], [torch.zeros(3, 4)], ["out"], torch.float32)
+
+
+def test_offsets_must_cover_the_values():
+    from compactrec.kernels._common import check_jagged
+
+    with pytest.raises(ValueError, match="offsets run from 0 to 2"):
+        check_jagged(torch.arange(3), torch.tensor([0, 2]), "op")
