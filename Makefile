@@ -21,7 +21,7 @@ $(STAMP): requirements.lock setup.py
 	touch $(STAMP)
 
 demo: venv
-	$(VENV)/bin/compactrec train configs/demo.yaml
+	$(VENV)/bin/compactrec sweep configs/demo.yaml
 
 test: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra tests

@@ -65,7 +65,7 @@ def run_ray(cfg: RunConfig) -> Dict[str, Any]:
             use_gpu=cfg.cluster.use_gpu,
             resources_per_worker={"CPU": cfg.cluster.cpus_per_worker},
         ),
-        run_config=RayRunConfig(name=cfg.name, storage_path=str(storage)),
+        run_config=RayRunConfig(name=cfg.name.replace("/", "__"), storage_path=str(storage)),
     )
     with ray_session(cfg):
         try:

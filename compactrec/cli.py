@@ -2,6 +2,8 @@
 
     compactrec synth OUT_DIR [key=value ...]        synthetic Criteo-shaped Parquet shards
     compactrec train CONFIG [key=value ...]         train (Ray Train or local), print a summary
+    compactrec sweep CONFIG [key=value ...]         every point of the config's `sweep` grid, one table
+    compactrec plan CONFIG --world-size N [--hbm-gb X]   the sharding plan, bytes per rank, no training
     compactrec submit CONFIG --address http://HEAD:8265 [key=value ...] [--follow]
                                                     run it on a Ray cluster (Jobs API), code shipped
     compactrec submit CONFIG --k8s --cluster-config configs/cluster/cpu.yaml [key=value ...] [-o FILE]
@@ -12,58 +14,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
-from pathlib import Path
 from typing import List, Optional
 
 from compactrec.logs import quiet_third_party
 from compactrec.trainer.config import ConfigError, RunConfig, load_config
-
-
-def _absolute(cfg: RunConfig) -> RunConfig:
-    """Local paths resolved against the caller's directory (Ray workers run elsewhere);
-    URIs (s3://, gs://, hdfs://, file://) pass unchanged."""
-
-    def resolve(p: str) -> str:
-        return p if "://" in p else str(Path(p).resolve())
-
-    return replace(cfg, data=replace(cfg.data, path=resolve(cfg.data.path)), runs_dir=resolve(cfg.runs_dir))
-
-
-def ensure_data(cfg: RunConfig) -> None:
-    """Generate the synthetic data set when the config asks for it and it is absent."""
-    from compactrec.trainer.data.manifest import manifest_path
-
-    if manifest_path(cfg.data.path).exists() or not cfg.data.synthesize_if_missing:
-        return
-    from compactrec.trainer.data.synthetic import generate
-
-    print(f"compactrec: generating synthetic data in {cfg.data.path}", flush=True)
-    generate(cfg.synth, cfg.data.path)
-
-
-def check_data(cfg: RunConfig) -> None:
-    """Fail in the driver, before any worker starts, if the data set is not usable."""
-    from compactrec.trainer.data.manifest import read_manifest
-
-    manifest = read_manifest(cfg.data.path)
-    for split in (cfg.data.train_split, cfg.data.eval_split):
-        for path in manifest.split_files(cfg.data.path, split):
-            if not Path(path).exists():
-                raise FileNotFoundError(f"{path}: listed in the manifest but missing")
-
-
-def run_training(cfg: RunConfig) -> dict:
-    cfg = _absolute(cfg)
-    ensure_data(cfg)
-    check_data(cfg)
-    if cfg.trainer.launcher == "local":
-        from compactrec.cluster.local_launcher import run_local
-
-        return run_local(cfg)
-    from compactrec.cluster.ray_launcher import run_ray
-
-    return run_ray(cfg)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -85,6 +39,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if cfg.sweep:
         raise ConfigError(f"{args.config}: declares a sweep; run it with `compactrec sweep`")
+    from compactrec.cluster.run import run_training
+
     metrics = run_training(cfg)
     print(summary_table([metrics]))
     return 0
@@ -103,8 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     t.set_defaults(fn=_cmd_train)
     from compactrec.cluster.submit import add_parser as add_submit_parser
+    from compactrec.cluster.sweep import add_parser as add_sweep_parser
+
+    from compactrec.sharding.plan_report import add_parser as add_plan_parser
 
     add_submit_parser(sub)
+    add_sweep_parser(sub)
+    add_plan_parser(sub)
     return p
 
 

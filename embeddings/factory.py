@@ -46,21 +46,21 @@ def build_embeddings(
     if cfg.kind == "hash":
         from compactrec.embeddings.hashing_trick import build_hash
 
-        return build_hash(schema, dim, cfg.hash, small, budget)
+        return build_hash(schema, dim, cfg.hash, small, budget, device)
     if cfg.kind == "qr":
         from compactrec.embeddings.qr import build_qr
 
-        return build_qr(schema, dim, cfg.qr, small, budget)
+        return build_qr(schema, dim, cfg.qr, small, budget, device)
     if cfg.kind == "memcom":
         from compactrec.embeddings.memcom import build_memcom
 
-        return build_memcom(schema, dim, cfg.memcom, small, budget)
+        return build_memcom(schema, dim, cfg.memcom, small, budget, device)
     if cfg.kind == "mixed_dim":
         from compactrec.embeddings.mixed_dim import build_mixed_dim
 
-        return build_mixed_dim(schema, dim, cfg.mixed_dim, small, budget, counts)
+        return build_mixed_dim(schema, dim, cfg.mixed_dim, small, budget, counts, device)
     if cfg.kind == "cafe":
         from compactrec.embeddings.cafe import build_cafe
 
-        return build_cafe(schema, dim, cfg.cafe, small, budget)
+        return build_cafe(schema, dim, cfg.cafe, small, budget, device)
     raise ValueError(f"unknown embedding.kind {cfg.kind!r}")

@@ -47,7 +47,10 @@ def remap_values(
 
 
 class HashEmbedding(CompressedEmbedding):
-    def __init__(self, schema: FeatureSchema, dim: int, cfg: HashConfig, plan: HashPlan, small_field_rows: int) -> None:
+    def __init__(
+        self, schema: FeatureSchema, dim: int, cfg: HashConfig, plan: HashPlan, small_field_rows: int,
+        device: Optional[torch.device] = None,
+    ) -> None:
         super().__init__(schema, dim)
         self.cfg = cfg
         small, _ = split_features(schema, small_field_rows)
@@ -69,7 +72,7 @@ class HashEmbedding(CompressedEmbedding):
                         weight_init_min=-((1.0 / f.cardinality) ** 0.5),
                     )
                 )
-        self.ebc = EmbeddingBagCollection(tables=tables)
+        self.ebc = EmbeddingBagCollection(tables=tables, device=device)
         moduli = [0 if f.name in small_names else plan.rows[f.name] for f in schema.sparse]
         self.register_buffer("moduli", torch.tensor(moduli, dtype=torch.int64), persistent=False)
 
@@ -97,7 +100,8 @@ def plan_hash(schema: FeatureSchema, dim: int, budget: int, small_field_rows: in
 
 
 def build_hash(
-    schema: FeatureSchema, dim: int, cfg: HashConfig, small_field_rows: int, budget: Optional[int]
+    schema: FeatureSchema, dim: int, cfg: HashConfig, small_field_rows: int, budget: Optional[int],
+    device: Optional[torch.device] = None,
 ) -> HashEmbedding:
     _, big = split_features(schema, small_field_rows)
     if cfg.rows is not None:
@@ -106,4 +110,4 @@ def build_hash(
         plan = plan_hash(schema, dim, budget, small_field_rows)
     else:
         raise BudgetError("hash: set compression.ratio / compression.bytes or embedding.hash.rows")
-    return HashEmbedding(schema, dim, cfg, plan, small_field_rows)
+    return HashEmbedding(schema, dim, cfg, plan, small_field_rows, device)

@@ -52,13 +52,16 @@ def scale_rows(n: int, pack: int) -> int:
 
 
 class MemComEmbedding(CompressedEmbedding):
-    def __init__(self, schema: FeatureSchema, dim: int, cfg: MemComConfig, plan: MemComPlan, small_field_rows: int) -> None:
+    def __init__(
+        self, schema: FeatureSchema, dim: int, cfg: MemComConfig, plan: MemComPlan, small_field_rows: int,
+        device: Optional[torch.device] = None,
+    ) -> None:
         super().__init__(schema, dim)
         self.cfg = cfg
         small, big = split_features(schema, small_field_rows)
         self.small = [f.name for f in small]
         self.big = [f.name for f in big]
-        self.full = EmbeddingBagCollection(tables=[full_config(f, dim) for f in small]) if small else None
+        self.full = EmbeddingBagCollection(tables=[full_config(f, dim) for f in small], device=device) if small else None
         shared: List[EmbeddingConfig] = []
         scales: List[EmbeddingConfig] = []
         for f in big:
@@ -68,8 +71,8 @@ class MemComEmbedding(CompressedEmbedding):
             scales.append(_table(f"memcom_w_{f.name}", f"{f.name}__w", n, cfg.pack, cfg.scale_init, cfg.scale_init))
             if cfg.bias:
                 scales.append(_table(f"memcom_b_{f.name}", f"{f.name}__b", n, cfg.pack, 0.0, 0.0))
-        self.shared = EmbeddingCollection(tables=shared)
-        self.scales = EmbeddingCollection(tables=scales)
+        self.shared = EmbeddingCollection(tables=shared, device=device)
+        self.scales = EmbeddingCollection(tables=scales, device=device)
         self.register_buffer(
             "moduli", torch.tensor([plan.rows[n] for n in self.big], dtype=torch.int64), persistent=False
         )
@@ -136,7 +139,8 @@ def plan_memcom(schema: FeatureSchema, dim: int, budget: int, cfg: MemComConfig,
 
 
 def build_memcom(
-    schema: FeatureSchema, dim: int, cfg: MemComConfig, small_field_rows: int, budget: Optional[int]
+    schema: FeatureSchema, dim: int, cfg: MemComConfig, small_field_rows: int, budget: Optional[int],
+    device: Optional[torch.device] = None,
 ) -> MemComEmbedding:
     _, big = split_features(schema, small_field_rows)
     if cfg.pack < 1:
@@ -147,4 +151,4 @@ def build_memcom(
         plan = plan_memcom(schema, dim, budget, cfg, small_field_rows)
     else:
         raise BudgetError("memcom: set compression.ratio / compression.bytes or embedding.memcom.rows")
-    return MemComEmbedding(schema, dim, cfg, plan, small_field_rows)
+    return MemComEmbedding(schema, dim, cfg, plan, small_field_rows, device)

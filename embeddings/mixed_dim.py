@@ -51,6 +51,7 @@ from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature
 
 CountsFn = Callable[[], Dict[str, np.ndarray]]
 ALPHA_MAX = 16.0
+ZIPF_PRIOR = 1.1  # exponent of the id-frequency prior used when planning without data
 PACK = 4  # width of the tables that hold narrow (1- or 2-wide) blocks
 
 
@@ -77,6 +78,12 @@ def block_bounds(n: int, k: int) -> List[int]:
             bounds.append(b)
     bounds[-1] = n
     return bounds
+
+
+def zipf_block_popularity(bounds: List[int], s: float) -> np.ndarray:
+    """Mean of rank^-s over each block [a, b) of 1-based ranks (integral approximation)."""
+    a, b = np.array(bounds[:-1], np.float64) + 1, np.array(bounds[1:], np.float64) + 1
+    return (b ** (1 - s) - a ** (1 - s)) / ((1 - s) * (b - a))
 
 
 def frequency_rank(counts: np.ndarray) -> np.ndarray:
@@ -124,12 +131,14 @@ class _Blocks:
                 self.bounds[f.name] = [0, f.cardinality]
                 self.pop[f.name] = np.array([1.0 / f.cardinality])
                 continue
-            assert counts is not None
+            bounds = block_bounds(f.cardinality, cfg.num_blocks)
+            self.bounds[f.name] = bounds
+            if counts is None:  # planning without data: a Zipf prior over ranks
+                self.pop[f.name] = zipf_block_popularity(bounds, ZIPF_PRIOR)
+                continue
             c = counts[f.name].astype(np.float64)
             self.rank[f.name] = frequency_rank(c)
-            bounds = block_bounds(f.cardinality, cfg.num_blocks)
             by_rank = np.sort(c)[::-1]
-            self.bounds[f.name] = bounds
             self.pop[f.name] = np.array([by_rank[a:b].mean() for a, b in zip(bounds, bounds[1:])])
 
     def plan(self, alpha: float, dim: int, round_dims: bool) -> MixedDimPlan:
@@ -167,6 +176,7 @@ class MixedDimEmbedding(CompressedEmbedding):
     def __init__(
         self, schema: FeatureSchema, dim: int, cfg: MixedDimConfig, plan: MixedDimPlan,
         small_field_rows: int, ranks: Optional[Dict[str, np.ndarray]] = None,
+        device: Optional[torch.device] = None,
     ) -> None:
         super().__init__(schema, dim)
         self.rows_mode = cfg.blocks == "rows"
@@ -199,19 +209,25 @@ class MixedDimEmbedding(CompressedEmbedding):
                         pooling=PoolingType.SUM, weight_init_min=-bound, weight_init_max=bound,
                     ))
                 if d < dim:  # E_k P_k keeps the full table's output scale: P ~ N(0, 1/d_k)
-                    self.projections[key] = nn.Parameter(torch.randn(d, dim) / math.sqrt(d))
+                    self.projections[key] = nn.Parameter(torch.randn(d, dim, device=device) / math.sqrt(d))
             self.block_keys[f.name] = keys
             bounds = np.cumsum([0] + plan.block_rows[f.name])
             self.register_buffer(f"bounds_{f.name}", torch.tensor(bounds, dtype=torch.int64), persistent=False)
             if self.rows_mode:
-                assert ranks is not None
                 head = int(bounds[-2])  # ids ranked before the tail block
-                rank = torch.from_numpy(ranks[f.name]).to(torch.int64)
-                head_ids = torch.nonzero(rank < head).flatten()  # sorted ascending
-                self.register_buffer(f"head_ids_{f.name}", head_ids)
-                self.register_buffer(f"head_rank_{f.name}", rank[head_ids].to(torch.int32))
-        self.ebc = EmbeddingBagCollection(tables=tables)
-        self.packed = EmbeddingCollection(tables=narrow) if narrow else None
+                if ranks is None:  # planning on the meta device: sizes only
+                    if device is None or torch.device(device).type != "meta":
+                        raise ValueError("mixed_dim row blocks need id counts from the training data")
+                    head_ids = torch.empty(head, dtype=torch.int64, device=device)
+                    head_rank = torch.empty(head, dtype=torch.int32, device=device)
+                else:
+                    rank = torch.from_numpy(ranks[f.name]).to(torch.int64)
+                    head_ids = torch.nonzero(rank < head).flatten()  # sorted ascending
+                    head_rank = rank[head_ids].to(torch.int32)
+                self.register_buffer(f"head_ids_{f.name}", head_ids.to(device) if device else head_ids)
+                self.register_buffer(f"head_rank_{f.name}", head_rank.to(device) if device else head_rank)
+        self.ebc = EmbeddingBagCollection(tables=tables, device=device)
+        self.packed = EmbeddingCollection(tables=narrow, device=device) if narrow else None
 
     def _narrow(self, parts: Dict[str, tuple]) -> Dict[str, torch.Tensor]:
         """Pooled outputs of the packed (1- or 2-wide) blocks: unpooled lookups of their
@@ -315,10 +331,14 @@ def _fill(plan: MixedDimPlan, blocks: _Blocks, budget: int, bytes_of, dim: int) 
 def build_mixed_dim(
     schema: FeatureSchema, dim: int, cfg: MixedDimConfig, small_field_rows: int, budget: Optional[int],
     counts: Optional[CountsFn] = None,
+    device: Optional[torch.device] = None,
 ) -> MixedDimEmbedding:
+    """``counts`` may be None only on the meta device (planning): block popularity then
+    follows a Zipf prior and the id maps are shapes without values."""
     _, big = _kept_full(schema, cfg, small_field_rows)
     data_counts = None
-    if cfg.blocks == "rows":
+    meta = device is not None and torch.device(device).type == "meta"
+    if cfg.blocks == "rows" and not meta:
         if counts is None:
             raise ValueError("mixed_dim with blocks=rows needs id counts from the training data")
         data_counts = counts()
@@ -329,4 +349,4 @@ def build_mixed_dim(
         plan = plan_mixed_dim(schema, dim, budget, cfg, small_field_rows, blocks)
     else:
         raise BudgetError("mixed_dim: set compression.ratio / compression.bytes or embedding.mixed_dim.alpha")
-    return MixedDimEmbedding(schema, dim, cfg, plan, small_field_rows, blocks.rank or None)
+    return MixedDimEmbedding(schema, dim, cfg, plan, small_field_rows, blocks.rank or None, device)

@@ -46,7 +46,10 @@ def qr_rows(n: int, m: int) -> int:
 
 
 class QREmbedding(CompressedEmbedding):
-    def __init__(self, schema: FeatureSchema, dim: int, cfg: QRConfig, plan: QRPlan, small_field_rows: int) -> None:
+    def __init__(
+        self, schema: FeatureSchema, dim: int, cfg: QRConfig, plan: QRPlan, small_field_rows: int,
+        device: Optional[torch.device] = None,
+    ) -> None:
         super().__init__(schema, dim)
         if cfg.operation == "concat" and dim % 2:
             raise ValueError(f"qr concat needs an even embedding dim, got {dim}")
@@ -54,7 +57,7 @@ class QREmbedding(CompressedEmbedding):
         small, big = split_features(schema, small_field_rows)
         self.small = [f.name for f in small]
         self.big = [f.name for f in big]
-        self.full = EmbeddingBagCollection(tables=[full_config(f, dim) for f in small]) if small else None
+        self.full = EmbeddingBagCollection(tables=[full_config(f, dim) for f in small], device=device) if small else None
         part = dim // 2 if cfg.operation == "concat" else dim
         tables: List[EmbeddingConfig] = []
         for f in big:
@@ -63,7 +66,7 @@ class QREmbedding(CompressedEmbedding):
             r_lo, r_hi = (1 - cfg.remainder_init, 1 + cfg.remainder_init) if cfg.operation == "mult" else (-bound, bound)
             tables.append(self._table(f"qr_q_{f.name}", f"{f.name}__q", -(-f.cardinality // m), part, -bound, bound))
             tables.append(self._table(f"qr_r_{f.name}", f"{f.name}__r", m, part, r_lo, r_hi))
-        self.ec = EmbeddingCollection(tables=tables)
+        self.ec = EmbeddingCollection(tables=tables, device=device)
         self.register_buffer(
             "collisions", torch.tensor([plan.collisions[n] for n in self.big], dtype=torch.int64), persistent=False
         )
@@ -108,14 +111,15 @@ def qr_bytes(schema: FeatureSchema, dim: int, plan: QRPlan, small_field_rows: in
 
 def _collisions_for(f: SparseFeature, target_rows: float) -> int:
     """The m whose ceil(N/m) + m is closest to (not above, if possible) ``target_rows``:
-    the larger root of m^2 - t m + N = 0, or sqrt(N) when t < 2 sqrt(N) (QR's floor)."""
+    the smaller root of m^2 - t m + N = 0 (as in the reference, m ids share each W_q row
+    and W_r is the small table), or sqrt(N) when t < 2 sqrt(N) (QR's floor)."""
     n, t = f.cardinality, target_rows
     disc = t * t - 4 * n
     if disc <= 0:
         return max(1, round(math.sqrt(n)))
-    m = min(max(int((t + math.sqrt(disc)) / 2), 1), n)
-    while m > math.sqrt(n) and qr_rows(n, m) > t:  # above sqrt(N), rows grow with m
-        m -= 1
+    m = min(max(math.ceil((t - math.sqrt(disc)) / 2), 1), n)
+    while m < math.sqrt(n) and qr_rows(n, m) > t:  # below sqrt(N), rows shrink as m grows
+        m += 1
     return m
 
 
@@ -136,11 +140,21 @@ def plan_qr(schema: FeatureSchema, dim: int, budget: int, small_field_rows: int)
     if floor > left_rows:
         best = full_table_bytes(schema.sparse, dim) / (full_table_bytes(small, dim) + floor * dim * FP32)
         raise BudgetError(f"qr cannot reach this ratio: its smallest tables (m = sqrt(N)) give {best:.1f}x at most")
-    return plan_at(bisect(rows_at, left_rows, 0.0, 1.0, increasing=True))
+    plan = plan_at(bisect(rows_at, left_rows, 0.0, 1.0, increasing=True))
+    # Small m moves rows in coarse steps (N/m): spend what is left feature by feature.
+    used = sum(qr_rows(f.cardinality, plan.collisions[f.name]) for f in big)
+    for f in sorted(big, key=lambda f: -f.cardinality):
+        m = plan.collisions[f.name]
+        if m > 1:
+            extra = qr_rows(f.cardinality, m - 1) - qr_rows(f.cardinality, m)
+            if 0 < extra <= left_rows - used:
+                plan.collisions[f.name], used = m - 1, used + extra
+    return plan
 
 
 def build_qr(
-    schema: FeatureSchema, dim: int, cfg: QRConfig, small_field_rows: int, budget: Optional[int]
+    schema: FeatureSchema, dim: int, cfg: QRConfig, small_field_rows: int, budget: Optional[int],
+    device: Optional[torch.device] = None,
 ) -> QREmbedding:
     _, big = split_features(schema, small_field_rows)
     if cfg.collisions is not None:
@@ -149,4 +163,4 @@ def build_qr(
         plan = plan_qr(schema, dim, budget, small_field_rows)
     else:
         raise BudgetError("qr: set compression.ratio / compression.bytes or embedding.qr.collisions")
-    return QREmbedding(schema, dim, cfg, plan, small_field_rows)
+    return QREmbedding(schema, dim, cfg, plan, small_field_rows, device)

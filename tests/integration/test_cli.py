@@ -39,7 +39,7 @@ def test_synth_command_writes_shards_and_reports_bayes_auc(tmp_path: Path):
 
 
 def test_train_local_writes_every_metric(tiny_data: Path, tmp_path: Path):
-    args = ["train", str(Path(__file__).parents[2] / "configs" / "demo.yaml"), f"data.path={tiny_data}",
+    args = ["train", str(Path(__file__).parents[2] / "configs" / "methods" / "full.yaml"), f"data.path={tiny_data}",
             f"runs_dir={tmp_path}", "name=local1", "trainer.launcher=local", "cluster.num_workers=1", *TINY_RUN]
     assert main(args) == 0
     m = json.loads((tmp_path / "local1" / "metrics.json").read_text())
@@ -51,7 +51,7 @@ def test_train_local_writes_every_metric(tiny_data: Path, tmp_path: Path):
 
 @pytest.mark.distributed
 def test_train_on_two_ray_workers(tiny_data: Path, tmp_path: Path):
-    r = _cli("train", "configs/demo.yaml", f"data.path={tiny_data}", f"runs_dir={tmp_path}", "name=ray2",
+    r = _cli("train", "configs/methods/full.yaml", f"data.path={tiny_data}", f"runs_dir={tmp_path}", "name=ray2",
              *TINY_RUN, cwd=Path(__file__).parents[2])
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path / "ray2" / "metrics.json").read_text())
@@ -70,6 +70,6 @@ def test_unknown_config_key_is_a_clear_error(tmp_path: Path):
 
 
 def test_missing_data_is_a_clear_error(tmp_path: Path):
-    r = _cli("train", "configs/demo.yaml", "data.synthesize_if_missing=false", f"data.path={tmp_path / 'nowhere'}", "trainer.launcher=local",
+    r = _cli("train", "configs/methods/full.yaml", "data.synthesize_if_missing=false", f"data.path={tmp_path / 'nowhere'}", "trainer.launcher=local",
              "cluster.num_workers=1", cwd=Path(__file__).parents[2])
     assert r.returncode == 2 and "_manifest.json: no data manifest" in r.stderr

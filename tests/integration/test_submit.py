@@ -25,7 +25,7 @@ import pytest
 from compactrec.cluster.submit import stage_code
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "configs" / "demo.yaml"
+DEMO = REPO / "configs" / "methods" / "full.yaml"  # the demo's full-table point
 # The CLI as compactrec/cli.py registers it (add_parser + args.fn), in a fresh process.
 CLI = (
     "import argparse, sys; from compactrec.cluster.submit import add_parser; "

@@ -1,0 +1,59 @@
+"""Start one training run from the driver: resolve paths, make or check the data, launch.
+
+Orchestration only (no training logic): the workers build, shard and train the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Dict
+
+from compactrec.trainer.config import RunConfig
+
+
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """Local paths resolved against the caller's directory (Ray workers run elsewhere);
+    URIs (s3://, gs://, hdfs://, file://) pass unchanged."""
+
+    def resolve(p: str) -> str:
+        return p if "://" in p else str(Path(p).resolve())
+
+    return replace(cfg, data=replace(cfg.data, path=resolve(cfg.data.path)), runs_dir=resolve(cfg.runs_dir))
+
+
+def ensure_data(cfg: RunConfig) -> None:
+    """Generate the synthetic data set when the config asks for it and it is absent."""
+    from compactrec.trainer.data.manifest import manifest_path
+
+    if "://" in cfg.data.path or manifest_path(cfg.data.path).exists() or not cfg.data.synthesize_if_missing:
+        return
+    from compactrec.trainer.data.synthetic import generate
+
+    print(f"compactrec: generating synthetic data in {cfg.data.path}", flush=True)
+    generate(cfg.synth, cfg.data.path)
+
+
+def check_data(cfg: RunConfig) -> None:
+    """Fail in the driver, before any worker starts, if the data set is not usable."""
+    from compactrec.trainer.data.manifest import read_manifest
+
+    manifest = read_manifest(cfg.data.path)
+    for split in (cfg.data.train_split, cfg.data.eval_split):
+        for path in manifest.split_files(cfg.data.path, split):
+            if "://" not in path and not Path(path).exists():
+                raise FileNotFoundError(f"{path}: listed in the manifest but missing")
+
+
+def run_training(cfg: RunConfig) -> Dict[str, Any]:
+    """Train ``cfg`` with its launcher; returns rank 0's metrics."""
+    cfg = absolute_paths(cfg)
+    ensure_data(cfg)
+    check_data(cfg)
+    if cfg.trainer.launcher == "local":
+        from compactrec.cluster.local_launcher import run_local
+
+        return run_local(cfg)
+    from compactrec.cluster.ray_launcher import run_ray
+
+    return run_ray(cfg)
