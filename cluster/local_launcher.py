@@ -6,6 +6,7 @@ For debugging and tests; Ray Train (``ray_launcher``) is the default launcher.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Dict
 
 from compactrec.sharding.env import close_process_group, free_port, init_process_group, spawn
@@ -23,5 +24,13 @@ def run_local(cfg: RunConfig) -> Dict[str, Any]:
             return worker_main(config)
         finally:
             close_process_group()
-    spawn(spawned_worker, n, config)
+    for attempt in range(cfg.trainer.max_failures + 1):
+        try:
+            spawn(spawned_worker, n, config)
+            break
+        except Exception as e:  # a rank died: start again from the latest checkpoint
+            if attempt == cfg.trainer.max_failures:
+                raise
+            print(f"compactrec: a worker failed ({type(e).__name__}); restarting from the latest checkpoint", flush=True)
+            config = config_to_dict(replace(cfg, trainer=replace(cfg.trainer, resume_from="latest")))
     return json.loads((run_dir(cfg) / "metrics.json").read_text())

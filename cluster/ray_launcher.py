@@ -52,8 +52,8 @@ def ray_session(cfg: RunConfig) -> Iterator[None]:
 
 def run_ray(cfg: RunConfig) -> Dict[str, Any]:
     """One training run on ``cluster.num_workers`` Ray Train workers; returns its metrics."""
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
-    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     storage = Path(cfg.runs_dir).resolve() / "_ray"
@@ -65,7 +65,12 @@ def run_ray(cfg: RunConfig) -> Dict[str, Any]:
             use_gpu=cfg.cluster.use_gpu,
             resources_per_worker={"CPU": cfg.cluster.cpus_per_worker},
         ),
-        run_config=RayRunConfig(name=cfg.name.replace("/", "__"), storage_path=str(storage)),
+        run_config=RayRunConfig(
+            name=cfg.name.replace("/", "__"),
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=cfg.trainer.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=max(1, cfg.trainer.keep_checkpoints)),
+        ),
     )
     with ray_session(cfg):
         try:

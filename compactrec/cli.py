@@ -2,6 +2,7 @@
 
     compactrec synth OUT_DIR [key=value ...]        synthetic Criteo-shaped Parquet shards
     compactrec train CONFIG [key=value ...]         train (Ray Train or local), print a summary
+    compactrec convert criteo INPUT... --out DIR    Criteo click logs -> Parquet shards + manifest
     compactrec sweep CONFIG [key=value ...]         every point of the config's `sweep` grid, one table
     compactrec plan CONFIG --world-size N [--hbm-gb X]   the sharding plan, bytes per rank, no training
     compactrec submit CONFIG --address http://HEAD:8265 [key=value ...] [--follow]
@@ -62,10 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     from compactrec.cluster.sweep import add_parser as add_sweep_parser
 
     from compactrec.sharding.plan_report import add_parser as add_plan_parser
+    from compactrec.trainer.data.convert_cli import add_parser as add_convert_parser
 
     add_submit_parser(sub)
     add_sweep_parser(sub)
     add_plan_parser(sub)
+    add_convert_parser(sub)
     return p
 
 

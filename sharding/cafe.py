@@ -126,6 +126,45 @@ class ShardedCafeSketch:
         self._migrate(pk, ps)
         return pk.numel()
 
+    @torch.no_grad()
+    def rehome(self) -> int:
+        """After loading a checkpoint saved on another partition: hot ids whose (global) slot
+        now belongs to another rank get a slot of this rank, with their row copied over; the
+        old slots are freed on their owners. Collective. Returns the ids re-homed here."""
+        flat, old = getattr(self, "foreign", (torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)))
+        self.foreign = (flat[:0], old[:0])
+        if self.sync.max(flat.numel()) == 0:
+            return 0
+        rows = self._read_hot_rows(old)  # before any slot is reused
+        owner_rank = torch.bucketize(old, torch.tensor([lo for lo, _ in self.slot_ranges[1:]] or [0]), right=True)
+        freed, _, _, _ = _exchange(old, owner_rank, self.world, self.pg)
+        local = self.local
+        local.owner[freed - self.slot_offset] = -1
+        _rebuild_free(local)
+        n = min(flat.numel(), int(local.free_count))
+        top = int(local.free_count)
+        slots = local.free[top - n : top].flip(0).long()  # lowest free slots first
+        local.free_count -= n
+        keys = local.keys.view(-1)[flat[:n]]
+        local.hot.view(-1)[flat[:n]] = slots.to(local.hot.dtype)
+        local.owner[slots] = keys
+        if n:
+            self.hot_shard[slots] = rows[:n].to(self.hot_shard.dtype)
+        return n  # beyond the free slots, ids stay in the sketch but are no longer hot
+
+    def _read_hot_rows(self, slots: torch.Tensor) -> torch.Tensor:
+        """Rows ``slots`` (global ids) of the hot table, wherever they live: (n, dim). Collective."""
+        m = self.module
+        p = self.sync.max(slots.numel())
+        parts = {key: (torch.zeros(0, dtype=torch.int64), torch.zeros(p, dtype=torch.int32)) for key in m._kjt_keys}
+        lengths = torch.zeros(p, dtype=torch.int32)
+        lengths[: slots.numel()] = 1
+        hot_key = f"{m.compressed[0].name}__hot"  # every feature's hot key reads the one hot table
+        parts[hot_key] = (slots, lengths)
+        from compactrec.embeddings.base import kjt_from
+
+        return m.ebc(kjt_from({k: parts[k] for k in m._kjt_keys})).to_dict()[hot_key][: slots.numel()]
+
     def _migrate(self, keys: torch.Tensor, local_slots: torch.Tensor) -> None:
         """Hot rows <- the promoted ids' current hash embeddings, via one collective lookup."""
         m = self.module
@@ -166,10 +205,14 @@ class ShardedCafeSketch:
         return ShardedTensorMetadata(shards, torch.Size([total] + tail), props)
 
     def sharded_state(self) -> Dict[str, ShardedTensor]:
-        """The shard's buffers as ShardedTensors (views: loading into them fills the buffers)."""
+        """The shard's buffers as ShardedTensors over global buckets / slots. Views (loading
+        into them fills the buffers), except ``hot``: a copy holding GLOBAL slot ids, so a
+        checkpoint means the same under any partition."""
         out = {}
         for name, kind in _SHARDED_BUFFERS.items():
             t = getattr(self.local, name)
+            if name == "hot":
+                t = torch.where(t >= 0, t + self.slot_offset, t)
             lo = (self.bucket_ranges if kind == "buckets" else self.slot_ranges)[self.rank][0]
             shards = [Shard.from_tensor_and_offsets(t, [lo] + [0] * (t.dim() - 1), self.rank)] if t.shape[0] else []
             out[name] = ShardedTensor._init_from_local_shards_and_global_metadata(
@@ -187,7 +230,9 @@ def _state_hook(module: CafeEmbedding, state: Dict, prefix: str, local_metadata)
 
 
 def _load_hook(module: CafeEmbedding, state: Dict, prefix: str, *args) -> None:
-    """Accept ShardedTensor (DCP) or full tensors for the sketch; copy the local rows."""
+    """Accept ShardedTensor (DCP) or full tensors for the sketch; copy the local rows.
+    Hot slots come as global ids: those in this rank's slot range become local ids; the
+    others (the run was saved on another partition) wait for ``after_load`` to re-home them."""
     router: ShardedCafeSketch = module.router  # type: ignore[assignment]
     for name, kind in _SHARDED_BUFFERS.items():
         key = prefix + "sketch." + name
@@ -199,9 +244,35 @@ def _load_hook(module: CafeEmbedding, state: Dict, prefix: str, *args) -> None:
         else:
             lo, hi = (router.bucket_ranges if kind == "buckets" else router.slot_ranges)[router.rank]
             local = value[lo:hi]
+        if name == "hot":
+            s0, s1 = router.slot_ranges[router.rank]
+            own = (local >= s0) & (local < s1)
+            foreign = (local >= 0) & ~own
+            router.foreign = (torch.nonzero(foreign.reshape(-1)).squeeze(1), local.reshape(-1)[foreign.reshape(-1)].long())
+            local = torch.where(own, local - s0, torch.full_like(local, -1)).to(target.dtype)
         state[key] = local
     for name in ("free", "free_count"):  # rebuilt from owner after the load
         state.setdefault(prefix + "sketch." + name, getattr(router.local, name))
+
+
+def _rebuild_free(sketch: HotSketch) -> None:
+    from compactrec.embeddings.hotsketch import _rebuild_free_after_load
+
+    _rebuild_free_after_load(sketch, None)
+
+
+def after_load(model: nn.Module) -> int:
+    """After a checkpoint load: rebuild every CAFE sketch's free list from its owners (DMP's
+    load_state_dict calls ``_load_from_state_dict`` directly, so load post-hooks do not
+    run), then re-home hot ids whose slots moved to another rank (only when the partition
+    changed). Collective under DMP. Returns the ids re-homed on this rank."""
+    moved = 0
+    for m in model.modules():
+        if isinstance(m, CafeEmbedding) and m.sketch is not None:
+            _rebuild_free(m.sketch)
+            if m.router is not None:
+                moved += m.router.rehome()
+    return moved
 
 
 def _hot_shard(module: CafeEmbedding) -> Tuple[torch.Tensor, int, int]:

@@ -3,7 +3,8 @@
 ``model = shard_model(train_model, types, per_table, env)`` plans every embedding table
 (``sharding/planner.py``) and wraps the model in ``DistributedModelParallel``: tables are
 sharded (FBGEMM fused kernels, the optimizer applied in backward), the dense part is wrapped
-in DDP, and CAFE's sketch is split over the ranks beside its hot rows (``sharding/cafe.py``).
+in DDP (or left to the dense engine with ``data_parallel=False``), and CAFE's sketch is split
+over the ranks beside its hot rows (``sharding/cafe.py``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,14 @@ def shard_model(
     types: Sequence[str],
     per_table: Dict[str, List[str]],
     env: DistEnv,
+    data_parallel: bool = True,
 ) -> DistributedModelParallel:
-    """Plan and wrap ``model``; its embedding parameters must carry their optimizer already."""
+    """Plan and wrap ``model``; its embedding parameters must carry their optimizer already.
+
+    ``data_parallel=False``: DMP does not wrap the dense part in DDP (it stays a plain module
+    on the device it was built on) because another engine synchronizes it
+    (``dense.engine=deepspeed``, ``trainer/dense_engine.py``).
+    """
     sharders = default_sharders()
     plan = plan_model(model, env.world_size, env.device.type, types, per_table, sharders)
     dmp = DistributedModelParallel(
@@ -35,6 +42,9 @@ def shard_model(
         device=env.device,
         plan=plan,
         sharders=sharders,
+        init_data_parallel=data_parallel,  # False: no DDP wrapper (and no DDP buckets)
     )
+    if not data_parallel:
+        dmp.module.to(env.device)  # what DDP's wrapping does for the unsharded modules
     attach_sharded_cafe(dmp)  # CAFE's sketch: one shard per rank, beside its hot rows
     return dmp

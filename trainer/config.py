@@ -166,6 +166,26 @@ class OptimConfig:
 
 
 @dataclass
+class DeepSpeedConfig:
+    """DeepSpeed engine for the dense part (``dense.engine=deepspeed``). The optimizer is
+    ``optim.dense`` / ``optim.dense_lr`` as a torch optimizer, so no C++ op is built."""
+
+    zero_stage: int = 2  # 0 data parallel | 1 + optimizer state sharded | 2 + grads | 3 + params
+    gradient_clipping: float = 0.0  # max global L2 norm of the dense gradients; 0 = off
+    bf16: bool = False  # GPU only: bf16 autocast in the forward; params and master weights stay fp32
+    extra: Dict[str, Any] = field(default_factory=dict)  # merged last into DeepSpeed's JSON config
+
+
+@dataclass
+class DenseConfig:
+    """Who trains the dense part (bottom MLP, interaction / DCN, top MLP). The embedding
+    tables always stay under DistributedModelParallel with their fused optimizer."""
+
+    engine: str = "ddp"  # ddp (DMP wraps the dense part in DDP) | deepspeed (compactrec[deepspeed])
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+
+@dataclass
 class ShardingConfig:
     """Which TorchRec sharding types the planner may pick; kernels are always fused."""
 
@@ -183,6 +203,12 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     progress_bar: bool = True
     tensorboard: bool = True
+    checkpoint_every: int = 0  # steps between checkpoints; 0: only at the end; -1: never
+    checkpoint_dir: str = ""  # default: RUN_DIR/checkpoints
+    keep_checkpoints: int = 2  # newest valid checkpoints kept (also Ray's num_to_keep)
+    resume_from: str = ""  # a checkpoint folder, a folder of them (latest valid), or "latest"
+    max_failures: int = 0  # worker failures to survive (Ray FailureConfig / local retries)
+    fault_at_step: int = -1  # test knob: the last rank dies once at this step
 
 
 @dataclass
@@ -204,6 +230,7 @@ class RunConfig:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    dense: DenseConfig = field(default_factory=DenseConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -221,6 +248,8 @@ _CHOICES: Dict[str, Sequence[str]] = {
     "embedding.cafe.importance": ("grad_norm", "count"),
     "optim.dense": ("adagrad", "adam", "sgd"),
     "optim.sparse": ("rowwise_adagrad", "adagrad", "sgd"),
+    "dense.engine": ("ddp", "deepspeed"),
+    "dense.deepspeed.zero_stage": (0, 1, 2, 3),
     "trainer.launcher": ("ray", "local"),
     "trainer.device": ("auto", "cpu", "cuda"),
     "data.dense_transform": ("log1p", "none"),

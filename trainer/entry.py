@@ -1,21 +1,27 @@
 """The per-worker entry point: the same function runs under Ray Train and the local launcher.
 
 Ray Train (or ``compactrec.sharding.env.spawn``) has initialized the process group before
-this runs; this reads the rank's environment, trains, and reports to Ray when under Ray.
+this runs; this reads the rank's environment, finds the checkpoint to resume from (Ray's
+latest reported one after a worker failure, or ``trainer.resume_from``), trains, and reports
+metrics and checkpoints to Ray when under Ray.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional
 
 from compactrec.logs import quiet_third_party
 
 quiet_third_party()  # before torchrec / fbgemm are imported: they log at import time
 
 import torch  # noqa: E402
+
 from compactrec.sharding.env import current_env  # noqa: E402
-from compactrec.trainer.config import config_from_dict  # noqa: E402
-from compactrec.trainer.loop import train  # noqa: E402
+from compactrec.trainer.checkpoint import is_valid, latest_checkpoint  # noqa: E402
+from compactrec.trainer.config import RunConfig, config_from_dict  # noqa: E402
+from compactrec.trainer.loop import run_dir, train  # noqa: E402
 
 
 def _under_ray() -> bool:
@@ -28,6 +34,40 @@ def _under_ray() -> bool:
         return False
 
 
+def checkpoint_root(cfg: RunConfig) -> Path:
+    return Path(cfg.trainer.checkpoint_dir) if cfg.trainer.checkpoint_dir else run_dir(cfg) / "checkpoints"
+
+
+def resume_path(cfg: RunConfig) -> Optional[Path]:
+    """``trainer.resume_from``: a checkpoint folder, a folder of them, or ``latest`` (the
+    newest valid one of this run, if any). Broken checkpoints are skipped with a warning."""
+    spec = cfg.trainer.resume_from
+    if not spec:
+        return None
+    if spec == "latest":
+        return latest_checkpoint(checkpoint_root(cfg))
+    path = Path(spec)
+    if is_valid(path):
+        return path
+    found = latest_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"trainer.resume_from={spec}: no complete checkpoint there")
+    return found
+
+
+@contextmanager
+def _ray_resume() -> Iterator[Optional[Path]]:
+    """The checkpoint Ray Train hands a restarted worker group (None on a first start)."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        yield None
+        return
+    with ckpt.as_directory() as d:
+        yield Path(d)
+
+
 def worker_main(config: Dict[str, Any]) -> Dict[str, Any]:
     """Train one rank; ``config`` is ``config_to_dict(RunConfig)`` (plain, picklable)."""
     quiet_third_party()
@@ -35,16 +75,21 @@ def worker_main(config: Dict[str, Any]) -> Dict[str, Any]:
     if cfg.cluster.torch_threads > 0:
         torch.set_num_threads(cfg.cluster.torch_threads)
     env = current_env(cfg.trainer.device)
-    ray_mode = _under_ray()
-    if ray_mode:
-        from ray.experimental.tqdm_ray import tqdm as progress
-    else:
-        from tqdm import tqdm as progress
-    metrics = train(cfg, env, progress=progress)
-    if ray_mode:
-        import ray.train
+    if not _under_ray():
+        from tqdm import tqdm
 
-        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+        return train(cfg, env, progress=tqdm, resume=resume_path(cfg))
+
+    import ray.train
+    from ray.experimental.tqdm_ray import tqdm as progress
+
+    def report_checkpoint(path: Path, info: Dict[str, Any]) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(str(path)) if env.is_main else None
+        ray.train.report(info, checkpoint=ckpt)
+
+    with _ray_resume() as from_ray:
+        metrics = train(cfg, env, progress=progress, resume=from_ray or resume_path(cfg), on_checkpoint=report_checkpoint)
+    ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
     return metrics
 
 

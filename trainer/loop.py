@@ -6,6 +6,8 @@ launcher, with the process group already up. Rank 0 writes ``RUN_DIR/metrics.jso
 
 from __future__ import annotations
 
+import hashlib
+import os
 import resource
 import time
 from pathlib import Path
@@ -18,14 +20,16 @@ from compactrec.embeddings.accounting import embedding_report
 from compactrec.embeddings.factory import build_embeddings
 from compactrec.sharding.env import DistEnv, all_gather_object
 from compactrec.sharding.shard import shard_model
+from compactrec.trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from compactrec.trainer.config import RunConfig, config_to_dict, save_config
 from compactrec.trainer.data.id_counts import count_ids
 from compactrec.trainer.data.manifest import Manifest, read_manifest
 from compactrec.trainer.data.reader import ParquetReader
+from compactrec.trainer.dense_engine import build_dense_engine, check_dense_engine
 from compactrec.trainer.io import atomic_write_json
 from compactrec.trainer.metrics import ctr_metrics
 from compactrec.trainer.model import build_model
-from compactrec.trainer.optim import apply_sparse_optimizer, build_optimizer
+from compactrec.trainer.optim import apply_sparse_optimizer
 
 ProgressFactory = Callable[..., Any]  # tqdm-like: (total=, desc=, disable=) -> bar
 
@@ -56,6 +60,7 @@ def make_readers(cfg: RunConfig, manifest: Manifest, env: DistEnv) -> tuple[Parq
         dense_transform=d.dense_transform,
         validate=d.validate,
         prefetch=d.prefetch_batches,
+        on_bad_file=d.on_bad_file,
     )
     train = ParquetReader(
         manifest.split_files(d.path, d.train_split),
@@ -76,12 +81,16 @@ def make_readers(cfg: RunConfig, manifest: Manifest, env: DistEnv) -> tuple[Parq
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, reader: ParquetReader, env: DistEnv) -> Dict[str, float]:
-    """CTR metrics over the whole eval split (every rank's rows gathered, padding dropped)."""
+def evaluate(
+    model: nn.Module, reader: ParquetReader, env: DistEnv, forward: Optional[Callable[..., Any]] = None
+) -> Dict[str, float]:
+    """CTR metrics over the whole eval split (every rank's rows gathered, padding dropped).
+    ``forward`` (default ``model``): the dense engine's, which ZeRO-3 needs to gather weights."""
     model.eval()
+    forward = forward or model
     labels, logits = [], []
     for batch in reader.epoch(0):
-        _, (_, logit, label) = model(batch.to(env.device))
+        _, (_, logit, label) = forward(batch.to(env.device))
         n = batch.valid_rows
         labels.append(label[:n].cpu())
         logits.append(logit[:n].float().cpu())
@@ -96,10 +105,66 @@ def _peak_memory_bytes(env: DistEnv) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
+def _check_same_data(*readers: ParquetReader) -> None:
+    """Every rank must see the same row groups (on_bad_file=skip decides per rank, from the
+    footers; a transient read error on one rank would otherwise make the step counts differ
+    and hang a collective). One all_gather at start-up."""
+    mine = [r.cursor()["data"] for r in readers]
+    seen = all_gather_object(mine)
+    if any(s != seen[0] for s in seen):
+        raise RuntimeError(f"ranks see different data (row groups per rank: {[[d['row_groups'] for d in s] for s in seen]})")
+
+
+def _data_stats(train: ParquetReader, evaluation: ParquetReader) -> Dict[str, Any]:
+    """Bad input left out, summed over ranks (files: judged alike by every rank, counted once)."""
+    parts = all_gather_object((train.stats(), evaluation.stats()))
+    out: Dict[str, Any] = {}
+    for split, i in (("train", 0), ("eval", 1)):
+        out[f"data_{split}_bad_files"] = parts[0][i]["bad_files"]
+        for key in ("bad_row_groups", "rows_lost", "rows_padded"):
+            out[f"data_{split}_{key}"] = sum(p[i][key] for p in parts)
+    return out
+
+
+def state_digest(model: nn.Module) -> str:
+    """sha256 over every rank's model state (rank order): equal digests = bitwise-equal
+    weights, tables and sketch. Collective."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    h = hashlib.sha256()
+    for key, t in sorted(model.state_dict().items()):
+        parts = [s.tensor for s in t.local_shards()] if isinstance(t, ShardedTensor) else [t]
+        for part in parts:
+            h.update(key.encode())
+            h.update(part.detach().contiguous().cpu().numpy().tobytes())
+    return hashlib.sha256("".join(all_gather_object(h.hexdigest())).encode()).hexdigest()
+
+
+def _inject_fault(cfg: RunConfig, env: DistEnv, step: int) -> None:
+    """``trainer.fault_at_step``: the last rank dies once at that step (a marker file in the
+    run folder makes the retry pass), so fault tolerance can be tested."""
+    if cfg.trainer.fault_at_step != step or env.rank != env.world_size - 1:
+        return
+    marker = run_dir(cfg) / ".fault_injected"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"rank {env.rank} killed at step {step}\n")
+    print(f"compactrec: fault injection: rank {env.rank} exits at step {step}", flush=True)
+    os._exit(17)
+
+
 def train(
-    cfg: RunConfig, env: DistEnv, progress: Optional[ProgressFactory] = None
+    cfg: RunConfig,
+    env: DistEnv,
+    progress: Optional[ProgressFactory] = None,
+    resume: Optional[Path] = None,
+    on_checkpoint: Optional[Callable[[Path, Dict[str, Any]], None]] = None,
 ) -> Dict[str, Any]:
-    """Train ``cfg.trainer.epochs`` epochs, evaluate, return (and on rank 0 write) metrics."""
+    """Train ``cfg.trainer.epochs`` epochs (from ``resume``, a checkpoint folder, if given),
+    checkpoint every ``trainer.checkpoint_every`` steps and at the end, evaluate, return
+    (and on rank 0 write) metrics."""
+    check_dense_engine(cfg.dense)  # a missing package fails before data and model are built
     manifest = read_manifest(cfg.data.path)
     unsharded = build_train_model(cfg, manifest)
     sizes = embedding_report(
@@ -107,61 +172,95 @@ def train(
         manifest.schema,
         cfg.model.embedding_dim,
     )
-    model = shard_model(unsharded, cfg.sharding.types, cfg.sharding.per_table, env)
-    optimizer = build_optimizer(model, cfg.optim)
+    model = shard_model(
+        unsharded, cfg.sharding.types, cfg.sharding.per_table, env, data_parallel=cfg.dense.engine == "ddp"
+    )
+    engine = build_dense_engine(cfg.dense, cfg.optim, model, env)  # steps tables and dense part
     train_reader, eval_reader = make_readers(cfg, manifest, env)
-
+    _check_same_data(train_reader, eval_reader)
     out = run_dir(cfg)
+    ckpt_root = Path(cfg.trainer.checkpoint_dir) if cfg.trainer.checkpoint_dir else out / "checkpoints"
+    state = TrainState(step=0, epoch=0, world_size=env.world_size, config=config_to_dict(cfg))
+    if resume is not None:
+        state = load_checkpoint(resume, engine)
+        if env.is_main:
+            print(f"compactrec: resumed from {resume} at step {state.step} (epoch {state.epoch})", flush=True)
+        state.world_size = env.world_size
+
     writer = None
     if env.is_main and cfg.trainer.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"))
-    step, train_seconds, last_loss = 0, 0.0, float("nan")
-    for epoch in range(cfg.trainer.epochs):
-        steps = train_reader.num_steps(epoch)
+    every = cfg.trainer.checkpoint_every
+    run_steps, train_seconds, last_loss = 0, 0.0, float("nan")
+    samples_per_step = cfg.data.batch_size * env.world_size
+
+    def checkpoint(epoch: int, cursor: Optional[Dict[str, Any]]) -> None:
+        state.epoch, state.cursor = epoch, cursor
+        path = save_checkpoint(ckpt_root, engine, state, keep=cfg.trainer.keep_checkpoints)
+        if on_checkpoint is not None:
+            on_checkpoint(path, {"step": state.step, "epoch": epoch})
+
+    for epoch in range(state.epoch, cfg.trainer.epochs):
+        cursor = state.cursor if epoch == state.epoch else None
+        steps = train_reader.num_steps(epoch, cursor)
         bar = None
         if progress is not None and env.is_main and cfg.trainer.progress_bar:
             bar = progress(total=steps, desc=f"{cfg.name} epoch {epoch}")
         t0 = time.perf_counter()
-        for batch in train_reader.epoch(epoch):
-            loss, _ = model(batch.to(env.device))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if step % cfg.trainer.log_every == 0 or step == 1:
+        for batch in train_reader.epoch(epoch, cursor):
+            loss, _ = engine.forward(batch.to(env.device))
+            engine.zero_grad()
+            engine.backward(loss)
+            engine.step()
+            state.step += 1
+            state.samples += samples_per_step
+            run_steps += 1
+            if state.step % cfg.trainer.log_every == 0 or run_steps == 1:
                 last_loss = float(loss.detach())
                 if writer is not None:
-                    writer.add_scalar("train/loss", last_loss, step)
+                    writer.add_scalar("train/loss", last_loss, state.step)
             if bar is not None:
                 bar.update(1)
+            if every > 0 and state.step % every == 0:
+                train_seconds += time.perf_counter() - t0
+                checkpoint(epoch, train_reader.cursor())
+                t0 = time.perf_counter()
+            _inject_fault(cfg, env, state.step)
         train_seconds += time.perf_counter() - t0
         if bar is not None:
             bar.close()
+        state.epoch, state.cursor = epoch + 1, None
+    if every >= 0:
+        checkpoint(state.epoch, None)
 
-    metrics: Dict[str, Any] = evaluate(model, eval_reader, env)
-    samples = step * cfg.data.batch_size * env.world_size
+    metrics: Dict[str, Any] = evaluate(model, eval_reader, env, engine.forward)
     metrics.update(sizes)
     metrics.update(
         {
             "name": cfg.name,
             "embedding_kind": cfg.embedding.kind,
             "bayes_auc": manifest.stats.get("bayes_auc", {}).get(cfg.data.eval_split),
-            "steps": step,
-            "samples": samples,
+            "steps": state.step,
+            "samples": state.samples,
             "world_size": env.world_size,
             "train_seconds": train_seconds,
-            "samples_per_s": samples / train_seconds if train_seconds > 0 else 0.0,
+            "samples_per_s": run_steps * samples_per_step / train_seconds if train_seconds > 0 else 0.0,
             "last_train_loss": last_loss,
             "peak_memory_bytes": max(all_gather_object(_peak_memory_bytes(env))),
+            "dense_engine": engine.name,
+            "dense_optimizer_state_bytes": max(all_gather_object(engine.memory_report()["optimizer_state"])),
             "device": env.device.type,
+            "weights_digest": state_digest(model),
+            "resumed_from": str(resume) if resume is not None else None,
+            **_data_stats(train_reader, eval_reader),
         }
     )
     if writer is not None:
         for key in ("auc", "logloss", "ne"):
-            writer.add_scalar(f"eval/{key}", metrics[key], step)
-        writer.add_scalar("train/samples_per_s", metrics["samples_per_s"], step)
+            writer.add_scalar(f"eval/{key}", metrics[key], state.step)
+        writer.add_scalar("train/samples_per_s", metrics["samples_per_s"], state.step)
         writer.close()
     if env.is_main:
         save_config(cfg, out / "config.yaml")

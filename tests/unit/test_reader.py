@@ -1,11 +1,14 @@
 """Reader: disjoint deterministic row groups per rank, equal step counts, exact KJT
-contents (one-hot and multi-hot), eval padding, and clear errors on bad input."""
+contents (one-hot and multi-hot), eval padding, clear errors on bad input (or skipping it
+with a count), file:// URIs, and the resume cursor (exact with the same world size, every
+unread row once with another)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
-from typing import List
+from typing import List, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from compactrec.trainer.data.manifest import read_manifest
+from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature, read_manifest
 from compactrec.trainer.data.reader import DataError, ParquetReader
 
 
@@ -167,3 +170,197 @@ def test_empty_and_corrupt_files_are_named(tiny_data: Path, tmp_path: Path):
         _read_all([str(junk)], tiny_data)
     with pytest.raises(DataError, match=r"nope.parquet: file not found"):
         _read_all([str(tmp_path / "nope.parquet")], tiny_data)
+
+
+# ---- resume cursor, unequal shards, URIs, skipping bad files ---------------------------
+ID_SCHEMA = FeatureSchema(
+    label="label", dense=("rid",), sparse=(SparseFeature("a", 7), SparseFeature("b", 5, multi_hot=True))
+)
+
+
+def write_id_shards(root: Path, rows: Sequence[int], row_group: int) -> List[str]:
+    """Shards whose rows carry a unique id ``rid`` (read back with dense_transform="none");
+    ``a = rid % 7``, bag ``b`` = ``[rid % 5] * (1 + rid % 3)``."""
+    root.mkdir(parents=True, exist_ok=True)
+    files, first = [], 0
+    for i, n in enumerate(rows):
+        rid = np.arange(first, first + n)
+        table = pa.table({
+            "label": pa.array((rid % 2).astype(np.int8)),
+            "rid": pa.array(rid.astype(np.float32)),
+            "a": pa.array(rid % 7),
+            "b": pa.array([[int(r % 5)] * int(1 + r % 3) for r in rid], pa.list_(pa.int64())),
+        })
+        files.append(str(root / f"part-{i:05d}.parquet"))
+        pq.write_table(table, files[-1], row_group_size=row_group)
+        first += n
+    return files
+
+
+def id_reader(files: Sequence[str], batch_size: int, **kw) -> ParquetReader:
+    kw.setdefault("shuffle", True)
+    return ParquetReader(files, ID_SCHEMA, batch_size, dense_transform="none", seed=5, **kw)
+
+
+def rids(batch) -> List[int]:
+    return batch.dense_features[: batch.valid_rows, 0].long().tolist()
+
+
+def assert_same_batch(x, y) -> None:
+    assert torch.equal(x.dense_features, y.dense_features) and torch.equal(x.labels, y.labels)
+    assert torch.equal(x.sparse_features.values(), y.sparse_features.values())
+    assert torch.equal(x.sparse_features.lengths(), y.sparse_features.lengths())
+    assert x.num_valid == y.num_valid
+
+
+def _json(d: dict) -> dict:
+    return json.loads(json.dumps(d))
+
+
+@pytest.fixture(scope="module")
+def id_files(tmp_path_factory: pytest.TempPathFactory) -> List[str]:
+    """4 shards of unequal size (2300 rows), row groups of 200."""
+    return write_id_shards(tmp_path_factory.mktemp("ids"), [900, 700, 450, 250], 200)
+
+
+def test_cursor_resume_same_world_size_is_exact_at_every_step(id_files: List[str]):
+    world, b = 2, 96
+    full = [list(id_reader(id_files, b, rank=r, world_size=world).epoch(1)) for r in range(world)]
+    steps = id_reader(id_files, b, world_size=world).num_steps(1)
+    assert [len(f) for f in full] == [steps, steps]
+    for stop in range(steps + 1):
+        cursors = []
+        for r in range(world):
+            reader = id_reader(id_files, b, rank=r, world_size=world)
+            it = reader.epoch(1)
+            for _ in range(stop):
+                next(it)
+            cursors.append(_json(reader.cursor()))
+            it.close()
+        assert cursors[0] == cursors[1] and cursors[0]["step"] == stop  # any rank's cursor will do
+        for r in range(world):
+            resumed = id_reader(id_files, b, rank=r, world_size=world)
+            assert resumed.num_steps(1, cursors[0]) == steps - stop
+            rest = list(resumed.epoch(1, cursor=cursors[0]))
+            assert len(rest) == steps - stop
+            for x, y in zip(rest, full[r][stop:]):
+                assert_same_batch(x, y)
+
+
+def _consumed_and_cursor(files, b, world, stop, epoch=0):
+    seen, cursor = [], None
+    for r in range(world):
+        reader = id_reader(files, b, rank=r, world_size=world)
+        it = reader.epoch(epoch)
+        for _ in range(stop):
+            seen += rids(next(it))
+        cursor = _json(reader.cursor())
+        it.close()
+    return seen, cursor
+
+
+@pytest.mark.parametrize("old,new", [(2, 1), (1, 2), (2, 3)])
+def test_cursor_resume_with_another_world_size_loses_only_last_partial_batches(id_files, old, new):
+    b, total = 64, 2300
+    for stop in (0, 3, 7):
+        seen, cursor = _consumed_and_cursor(id_files, b, old, stop)
+        readers = [id_reader(id_files, b, rank=r, world_size=new) for r in range(new)]
+        steps = readers[0].num_steps(0, cursor)
+        assert all(rd.num_steps(0, cursor) == steps for rd in readers)  # every new rank agrees
+        for rd in readers:
+            batches = list(rd.epoch(0, cursor=cursor))
+            assert len(batches) == steps
+            seen += [i for bt in batches for i in rids(bt)]
+            assert rd.cursor()["step"] == stop + steps
+        assert len(seen) == len(set(seen))  # nothing twice
+        assert total - len(seen) < new * b  # only each new rank's final partial batch is lost
+
+
+def test_cursor_at_end_of_epoch_yields_nothing_and_refuses_other_data(id_files, tmp_path):
+    _, cursor = _consumed_and_cursor(id_files, 64, 2, id_reader(id_files, 64, world_size=2).num_steps(0))
+    assert id_reader(id_files, 64, world_size=1).num_steps(0, cursor) == 0
+    assert list(id_reader(id_files, 64, world_size=1).epoch(0, cursor=cursor)) == []
+    with pytest.raises(ValueError, match="epoch 0, not epoch 1"):
+        id_reader(id_files, 64).num_steps(1, cursor)
+    other = write_id_shards(tmp_path / "o", [900, 700, 450, 251], 200)
+    with pytest.raises(DataError, match="other data"):
+        id_reader(other, 64).num_steps(0, cursor)
+    with pytest.raises(DataError, match="other data"):
+        id_reader(id_files[:3], 64).num_steps(0, cursor)
+    with pytest.raises(DataError, match="other data"):
+        ParquetReader(id_files, ID_SCHEMA, 64, shuffle=True, seed=6).num_steps(0, cursor)
+
+
+def test_cursor_names_each_ranks_next_shard_row_group_and_offset(id_files):
+    reader = id_reader(id_files, 150, world_size=2, shuffle=False)
+    it = reader.epoch(0)
+    next(it), next(it)
+    c = reader.cursor()
+    it.close()
+    # 300 rows read per rank; rank 0 has row groups 0, 2, 4.., rank 1 has 1, 3, 5.. (200 rows each)
+    assert c["positions"][0] == {"file": id_files[0], "row_group": 2, "offset": 100}
+    assert c["positions"][1] == {"file": id_files[0], "row_group": 3, "offset": 100}
+
+
+def test_unequal_shards_give_every_rank_the_same_step_count(tmp_path):
+    files = write_id_shards(tmp_path, [1000, 130, 40, 7], 100)
+    for world in (2, 3):
+        counts = [len(list(id_reader(files, 50, rank=r, world_size=world).epoch(0))) for r in range(world)]
+        assert len(set(counts)) == 1 and counts[0] == id_reader(files, 50, world_size=world).num_steps(0)
+
+
+def test_file_uris_read_like_local_paths(tiny_data: Path):
+    uri = "file://" + str(tiny_data.resolve())
+    m = read_manifest(uri)
+    files = m.split_files(uri, "train")
+    assert files[0].startswith("file:///")
+    local = _reader(tiny_data, batch_size=256, shuffle=True)
+    remote = ParquetReader(files, m.schema, 256, shuffle=True)
+    for x, y in zip(local.epoch(0), remote.epoch(0)):
+        assert_same_batch(x, y)
+
+
+def _corrupt_row_group(path: str, rg: int) -> None:
+    col = pq.ParquetFile(path).metadata.row_group(rg).column(1)
+    with open(path, "r+b") as f:
+        f.seek(col.dictionary_page_offset or col.data_page_offset)
+        f.write(b"\xff" * 12)
+
+
+def test_bad_files_are_skipped_with_a_count_when_configured(id_files, tmp_path):
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"PAR1 not really parquet")
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pq.read_table(id_files[0]).slice(0, 0), empty)
+    truncated = tmp_path / "trunc.parquet"
+    truncated.write_bytes(Path(id_files[1]).read_bytes()[:-100])
+    files = [str(junk), *id_files[:2], str(empty), str(truncated), str(tmp_path / "missing.parquet")]
+    with pytest.raises(DataError, match="junk.parquet: not a readable Parquet file"):
+        id_reader(files, 64)
+    readers = [id_reader(files, 64, rank=r, world_size=2, on_bad_file="skip") for r in range(2)]
+    assert readers[0].stats()["bad_files"] == 4
+    assert {Path(f).name for f, _ in readers[0].bad_files} == {"junk.parquet", "empty.parquet", "trunc.parquet", "missing.parquet"}
+    good = id_reader(id_files[:2], 64, world_size=2)
+    assert readers[0].num_steps(0) == readers[1].num_steps(0) == good.num_steps(0)
+    assert [g.gid for g in readers[1].assignment(0)[1]] == [g.gid for g in good.assignment(0)[1]]
+
+
+def test_corrupt_row_group_names_file_or_is_padded_over(tmp_path):
+    files = write_id_shards(tmp_path, [800, 800], 200)
+    _corrupt_row_group(files[1], 2)
+    with pytest.raises(DataError, match=r"part-00001.parquet row group 2: cannot read"):
+        for _ in id_reader(files, 64, shuffle=False).epoch(0):
+            pass
+    readers = [id_reader(files, 64, rank=r, world_size=2, on_bad_file="skip") for r in range(2)]
+    counts = [sum(1 for _ in rd.epoch(0)) for rd in readers]
+    assert counts[0] == counts[1] == readers[0].num_steps(0)  # no rank stops early
+    hit = [rd for rd in readers if rd.stats()["bad_row_groups"]]
+    assert len(hit) == 1 and hit[0].stats()["rows_lost"] == 200 and hit[0].stats()["rows_padded"] > 0
+
+
+def test_max_steps_caps_the_epoch_across_a_resume(id_files):
+    _, cursor = _consumed_and_cursor(id_files, 64, 2, 2)
+    full = id_reader(id_files, 64, world_size=2).num_steps(0)
+    assert id_reader(id_files, 64, world_size=2, max_steps=5).num_steps(0, cursor) == 3
+    assert id_reader(id_files, 64, world_size=2).num_steps(0, cursor) == full - 2
+    assert id_reader(id_files, 64, world_size=1, max_steps=5).num_steps(0, cursor) == 3  # re-dealt, same cap

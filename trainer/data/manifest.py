@@ -1,7 +1,11 @@
 """The data set's self-description, ``DATA_DIR/_manifest.json``: features and splits.
 
 The trainer builds its tables from the manifest (names, cardinalities, multi-hot or not,
-dense columns), so Criteo, synthetic and other data sets run through the same code.
+dense columns), so Criteo, synthetic and other data sets run through the same code. The
+data root may be a local folder or a URI (``s3://``, ``gs://``, ``hdfs://``, ``file://``):
+file paths in the manifest are relative to it and joined with ``/`` (``fs.py``).
+``stats`` is free-form: the synthetic generator records the Bayes AUC, ``compactrec convert
+criteo`` per-column statistics, distinct-count estimates, the id map and malformed lines.
 
 Example manifest (abridged)::
 
@@ -18,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+from compactrec.trainer.data import fs
 from compactrec.trainer.io import atomic_write_json
 
 MANIFEST_NAME = "_manifest.json"
@@ -61,11 +66,12 @@ class Manifest:
     stats: Dict[str, Any] = field(default_factory=dict)
 
     def split_files(self, root: str | Path, split: str) -> List[str]:
+        """The split's shards as paths under ``root`` (a local folder or a URI)."""
         if split not in self.splits:
             raise KeyError(
-                f"{Path(root) / MANIFEST_NAME}: no split '{split}' (has {sorted(self.splits)})"
+                f"{fs.join(root, MANIFEST_NAME)}: no split '{split}' (has {sorted(self.splits)})"
             )
-        return [str(Path(root) / f) for f in self.splits[split].files]
+        return [fs.join(root, f) for f in self.splits[split].files]
 
 
 def manifest_path(root: str | Path) -> Path:
@@ -86,12 +92,17 @@ def write_manifest(root: str | Path, manifest: Manifest) -> Path:
 
 
 def read_manifest(root: str | Path) -> Manifest:
-    """Raises ``FileNotFoundError``/``ValueError`` naming the manifest and the bad field."""
-    path = manifest_path(root)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no data manifest (generate data with `compactrec synth`)")
+    """Read ``root/_manifest.json`` (``root`` a local folder or a URI such as ``s3://b/d``).
+
+    Raises ``FileNotFoundError``/``ValueError`` naming the manifest and the bad field.
+    """
+    path = fs.join(root, MANIFEST_NAME)
+    if not fs.exists(path):
+        raise FileNotFoundError(
+            f"{path}: no data manifest (generate data with `compactrec synth` or `compactrec convert criteo`)"
+        )
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(fs.read_text(path))
         if obj.get("format") != FORMAT:
             raise ValueError(f"format is {obj.get('format')!r}, expected {FORMAT!r}")
         schema = FeatureSchema(
