@@ -7,6 +7,8 @@ workers (a local Ray cluster, or ``cluster.address``) and collects rank 0's metr
 from __future__ import annotations
 
 import json
+import uuid
+from dataclasses import replace
 import logging
 import os
 from contextlib import contextmanager
@@ -56,6 +58,7 @@ def run_ray(cfg: RunConfig) -> Dict[str, Any]:
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
+    cfg = replace(cfg, trainer=replace(cfg.trainer, run_id=cfg.trainer.run_id or uuid.uuid4().hex))
     storage = Path(cfg.runs_dir).resolve() / "_ray"
     trainer = TorchTrainer(
         worker_main,

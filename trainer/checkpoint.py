@@ -48,6 +48,7 @@ class TrainState:
     world_size: int = 1
     config: Dict[str, Any] = field(default_factory=dict)
     samples: int = 0
+    run_id: str = ""  # the launch that wrote it (trainer.run_id)
 
 
 def _rank() -> int:
@@ -89,12 +90,20 @@ def save_checkpoint(root: str | Path, engine, state: TrainState, keep: int = 2) 
 
 
 def is_valid(path: Path) -> bool:
-    """A finished checkpoint: marker written, metadata readable, DCP metadata present."""
+    """A finished, intact checkpoint: the marker is there, meta.json parses, DCP's metadata
+    reads, and every data file it points to is long enough for the bytes it should hold
+    (a truncated file is found here, not in the middle of a load)."""
     try:
-        json.loads((path / "meta.json").read_text())
-    except (OSError, ValueError):
+        json.loads((Path(path) / "meta.json").read_text())
+        if not (Path(path) / COMPLETE).exists():
+            return False
+        metadata = dcp.FileSystemReader(str(path)).read_metadata()
+        need: Dict[str, int] = {}
+        for info in (metadata.storage_data or {}).values():
+            need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+        return all((Path(path) / name).stat().st_size >= size for name, size in need.items())
+    except Exception:  # unreadable metadata of any kind means: not a usable checkpoint
         return False
-    return (path / COMPLETE).exists() and (path / ".metadata").exists()
 
 
 def checkpoints(root: str | Path) -> List[Path]:
@@ -105,11 +114,14 @@ def checkpoints(root: str | Path) -> List[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)), reverse=True)
 
 
-def latest_checkpoint(root: str | Path) -> Optional[Path]:
-    """The newest valid checkpoint; broken ones are skipped with a warning naming them."""
+def latest_checkpoint(root: str | Path, run_id: Optional[str] = None) -> Optional[Path]:
+    """The newest valid checkpoint (of launch ``run_id`` if given); broken ones are skipped
+    with a warning naming them."""
     for path in checkpoints(root):
         if is_valid(path):
-            return path
+            if run_id is None or json.loads((path / "meta.json").read_text()).get("run_id") == run_id:
+                return path
+            continue
         log.warning("skipping checkpoint %s: incomplete or corrupt (no COMPLETE marker or unreadable metadata)", path)
         print(f"compactrec: warning: skipping checkpoint {path}: incomplete or corrupt", flush=True)
     return None

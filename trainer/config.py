@@ -209,6 +209,7 @@ class TrainerConfig:
     resume_from: str = ""  # a checkpoint folder, a folder of them (latest valid), or "latest"
     max_failures: int = 0  # worker failures to survive (Ray FailureConfig / local retries)
     fault_at_step: int = -1  # test knob: the last rank dies once at this step
+    run_id: str = ""  # set by the launcher per launch: a restarted worker group finds its own checkpoints
 
 
 @dataclass

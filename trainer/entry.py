@@ -8,6 +8,7 @@ metrics and checkpoints to Ray when under Ray.
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
@@ -55,6 +56,10 @@ def resume_path(cfg: RunConfig) -> Optional[Path]:
     return found
 
 
+def _step_of(path: Path) -> int:
+    return int(json.loads((path / "meta.json").read_text())["step"])
+
+
 @contextmanager
 def _ray_resume() -> Iterator[Optional[Path]]:
     """The checkpoint Ray Train hands a restarted worker group (None on a first start)."""
@@ -88,7 +93,12 @@ def worker_main(config: Dict[str, Any]) -> Dict[str, Any]:
         ray.train.report(info, checkpoint=ckpt)
 
     with _ray_resume() as from_ray:
-        metrics = train(cfg, env, progress=progress, resume=from_ray or resume_path(cfg), on_checkpoint=report_checkpoint)
+        # Ray registers a reported checkpoint asynchronously: a worker that dies right after a
+        # report may come back without it, so also look for this launch's own checkpoints.
+        own = latest_checkpoint(checkpoint_root(cfg), cfg.trainer.run_id) if cfg.trainer.run_id else None
+        found = [p for p in (from_ray, own) if p is not None]
+        resume = max(found, key=_step_of) if found else resume_path(cfg)
+        metrics = train(cfg, env, progress=progress, resume=resume, on_checkpoint=report_checkpoint)
     ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
     return metrics
 

@@ -180,12 +180,12 @@ def train(
     _check_same_data(train_reader, eval_reader)
     out = run_dir(cfg)
     ckpt_root = Path(cfg.trainer.checkpoint_dir) if cfg.trainer.checkpoint_dir else out / "checkpoints"
-    state = TrainState(step=0, epoch=0, world_size=env.world_size, config=config_to_dict(cfg))
+    state = TrainState(step=0, epoch=0, world_size=env.world_size, config=config_to_dict(cfg), run_id=cfg.trainer.run_id)
     if resume is not None:
         state = load_checkpoint(resume, engine)
         if env.is_main:
             print(f"compactrec: resumed from {resume} at step {state.step} (epoch {state.epoch})", flush=True)
-        state.world_size = env.world_size
+        state.world_size, state.run_id = env.world_size, cfg.trainer.run_id
 
     writer = None
     if env.is_main and cfg.trainer.tensorboard:
