@@ -18,6 +18,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature
@@ -42,7 +43,14 @@ def full_config(f: SparseFeature, dim: int, name: str | None = None) -> Embeddin
 
 class CompressedEmbedding(nn.Module):
     """Base: feature bookkeeping and the KeyedTensor output. Subclasses implement
-    ``embed(kjt) -> {feature: (B, dim) pooled tensor}``."""
+    ``embed(kjt) -> {feature: (B, dim) pooled tensor}``.
+
+    ``fused``: when the collections are unsharded, methods with a fused op in
+    ``compactrec.kernels`` (hash+scale, QR, mixed-dim) run it on the tables' weights (one
+    pass: ids -> rows -> compose -> pool) instead of the collection lookups; set it False to
+    force the collection path (tests compare the two)."""
+
+    fused: bool = True
 
     def __init__(self, schema: FeatureSchema, dim: int) -> None:
         super().__init__()
@@ -67,6 +75,14 @@ class CompressedEmbedding(nn.Module):
             length_per_key=[self.dim] * len(self.feature_names),
             values=values,
         )
+
+
+def is_local(*collections: nn.Module) -> bool:
+    """True when the stock collections are the plain (unsharded) TorchRec modules, whose
+    weights are ordinary parameters that the fused kernels (``compactrec.kernels``) can read.
+    Under DMP they are replaced by sharded twins and the method runs through them instead."""
+    plain = (EmbeddingBagCollection, EmbeddingCollection)
+    return all(c is None or type(c) in plain for c in collections)
 
 
 def select(features: KeyedJaggedTensor, names: Sequence[str]) -> Dict[str, JaggedTensor]:

@@ -22,7 +22,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from compactrec.embeddings.accounting import FP32
-from compactrec.embeddings.base import CompressedEmbedding, full_config, split_features
+from compactrec.embeddings.base import CompressedEmbedding, full_config, is_local, split_features
 from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
 from compactrec.hashing import hash_mod
 from compactrec.trainer.config import HashConfig
@@ -76,7 +76,24 @@ class HashEmbedding(CompressedEmbedding):
         moduli = [0 if f.name in small_names else plan.rows[f.name] for f in schema.sparse]
         self.register_buffer("moduli", torch.tensor(moduli, dtype=torch.int64), persistent=False)
 
+    def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+        """Unsharded: the fused hash_scale_bag (no scale) per feature on the tables' weights."""
+        from compactrec.kernels import hash_scale_bag
+
+        out = {}
+        identity = self.cfg.hash == "identity"
+        for f, m, jt in zip(self.schema.sparse, self.moduli.tolist(), features.to_dict().values()):
+            ids = jt.values().to(torch.int64)
+            name = f"hash_{f.name}" if m else f"t_{f.name}"
+            table = self.ebc.embedding_bags[name].weight
+            hashed = bool(m) and not identity
+            out[f.name] = hash_scale_bag(ids % m if m and identity else ids, jt.offsets(), table,
+                                         num_rows=m or None, seed=self.cfg.seed, hashed=hashed)
+        return out
+
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        if self.fused and is_local(self.ebc) and features.keys() == self.feature_names:
+            return super().forward(features)  # -> embed: the fused op
         values = remap_values(features, self.moduli, self.cfg.seed, self.cfg.hash == "identity")
         remapped = KeyedJaggedTensor(keys=features.keys(), values=values, lengths=features.lengths())
         return self.ebc(remapped)

@@ -35,7 +35,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from compactrec.embeddings.accounting import FP32
-from compactrec.embeddings.base import CompressedEmbedding, full_config, kjt_from, split_features, sum_pool
+from compactrec.embeddings.base import CompressedEmbedding, full_config, is_local, kjt_from, split_features, sum_pool
 from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
 from compactrec.hashing import hash_mod
 from compactrec.trainer.config import MemComConfig
@@ -80,7 +80,34 @@ class MemComEmbedding(CompressedEmbedding):
     def _hash(self, ids: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         return ids % m if self.cfg.hash == "identity" else hash_mod(ids, m, self.cfg.seed)  # type: ignore[arg-type]
 
+    def _embed_fused(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+        """Unsharded: one fused hash_scale_bag per feature on the tables' weights."""
+        from compactrec.kernels import hash_scale_bag
+
+        jts = features.to_dict()
+        out: Dict[str, torch.Tensor] = {}
+        if self.full is not None:
+            out.update(self.full(KeyedJaggedTensor.from_jt_dict({n: jts[n] for n in self.small})).to_dict())
+        identity = self.cfg.hash == "identity"
+        for j, name in enumerate(self.big):
+            jt, m = jts[name], int(self.moduli[j])
+            ids = jt.values().to(torch.int64)
+            bias = self.scales.embeddings[f"memcom_b_{name}"].weight.view(-1) if self.cfg.bias else None
+            out[name] = hash_scale_bag(
+                ids, jt.offsets(), self.shared.embeddings[f"memcom_E_{name}"].weight,
+                self.scales.embeddings[f"memcom_w_{name}"].weight.view(-1), bias,
+                num_rows=m, seed=self.cfg.seed, hashed=not identity,
+            )
+        return out
+
     def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+        # The fused op indexes scales by the id it is given: identity hashing with m < N
+        # (a test mode) would need ids % m for the rows but raw ids for the scales.
+        wraps = self.cfg.hash == "identity" and any(
+            int(m) < f.cardinality for m, f in zip(self.moduli, [f for f in self.schema.sparse if f.name in self.big])
+        )
+        if self.fused and not wraps and is_local(self.full, self.shared, self.scales):
+            return self._embed_fused(features)
         jts = features.to_dict()
         out: Dict[str, torch.Tensor] = {}
         if self.full is not None:

@@ -44,7 +44,15 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from compactrec.embeddings.accounting import FP32
-from compactrec.embeddings.base import CompressedEmbedding, full_config, kjt_from, route, split_features, sum_pool
+from compactrec.embeddings.base import (
+    CompressedEmbedding,
+    full_config,
+    is_local,
+    kjt_from,
+    route,
+    split_features,
+    sum_pool,
+)
 from compactrec.embeddings.budget import BudgetError, bisect, full_table_bytes
 from compactrec.trainer.config import MixedDimConfig
 from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature
@@ -189,6 +197,8 @@ class MixedDimEmbedding(CompressedEmbedding):
         self.block_keys: Dict[str, List[str]] = {}
         self.narrow_width: Dict[str, int] = {}  # key of a packed block -> its width (1 or 2)
         self.widths: Dict[str, int] = {}  # block key (f"{feature}__b{k}") -> d_k
+        self.stored_rows: Dict[str, int] = {}  # block key -> rows its table holds
+        self.stored_offsets: Dict[str, torch.Tensor] = {}  # feature -> (K+1,) block starts in stored rows
         for f in big:
             keys = []
             bound = math.sqrt(1.0 / f.cardinality)
@@ -197,6 +207,7 @@ class MixedDimEmbedding(CompressedEmbedding):
                 key = f"{f.name}__b{k}"
                 keys.append(key)
                 self.widths[key] = d
+                self.stored_rows[key] = rows
                 if d < PACK:
                     self.narrow_width[key] = d
                     narrow.append(EmbeddingConfig(
@@ -211,6 +222,7 @@ class MixedDimEmbedding(CompressedEmbedding):
                 if d < dim:  # E_k P_k keeps the full table's output scale: P ~ N(0, 1/d_k)
                     self.projections[key] = nn.Parameter(torch.randn(d, dim, device=device) / math.sqrt(d))
             self.block_keys[f.name] = keys
+            self.stored_offsets[f.name] = torch.tensor(np.cumsum([0] + stored).tolist(), dtype=torch.int64)
             bounds = np.cumsum([0] + plan.block_rows[f.name])
             self.register_buffer(f"bounds_{f.name}", torch.tensor(bounds, dtype=torch.int64), persistent=False)
             if self.rows_mode:
@@ -255,7 +267,38 @@ class MixedDimEmbedding(CompressedEmbedding):
         row = torch.where(found, rank - bounds[block], ids)
         return block, row
 
+    def _block_tables(self, name: str) -> List[torch.Tensor]:
+        """Each block's table as (stored rows, d_k); packed 1-/2-wide blocks as views."""
+        out = []
+        for k, key in enumerate(self.block_keys[name]):
+            if key in self.narrow_width:
+                w, rows = self.narrow_width[key], self.stored_rows[key]
+                out.append(self.packed.embeddings[f"mde_{name}_b{k}"].weight.view(-1)[: rows * w].view(rows, w))
+            else:
+                out.append(self.ebc.embedding_bags[f"mde_{name}_b{k}"].weight)
+        return out
+
+    def _embed_fused(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+        """Unsharded: one fused mixed_dim_bag per feature (pool per block, project, sum)."""
+        from compactrec.kernels import hash_scale_bag, mixed_dim_bag
+
+        jts = features.to_dict()
+        out = {  # full-width tables of the small features: a plain bag on their weights
+            n: hash_scale_bag(jts[n].values(), jts[n].offsets(), self.ebc.embedding_bags[f"t_{n}"].weight, hashed=False)
+            for n in self.small
+        }
+        for name in self.big:
+            ids, jt = jts[name].values().to(torch.int64), jts[name]
+            bounds = getattr(self, f"bounds_{name}")
+            block, row = self._locate(name, ids, bounds) if self.rows_mode else (torch.zeros_like(ids), ids)
+            starts = self.stored_offsets[name]
+            projections = [self.projections[k] if k in self.projections else None for k in self.block_keys[name]]
+            out[name] = mixed_dim_bag(starts[block] + row, jt.offsets(), starts.tolist(), self._block_tables(name), projections)
+        return out
+
     def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+        if self.fused and is_local(self.ebc, self.packed):
+            return self._embed_fused(features)
         jts = features.to_dict()
         parts = {n: (jts[n].values(), jts[n].lengths()) for n in self.small}
         narrow: Dict[str, tuple] = {}

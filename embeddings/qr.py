@@ -30,7 +30,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from compactrec.embeddings.accounting import FP32
-from compactrec.embeddings.base import CompressedEmbedding, full_config, kjt_from, split_features, sum_pool
+from compactrec.embeddings.base import CompressedEmbedding, full_config, is_local, kjt_from, split_features, sum_pool
 from compactrec.embeddings.budget import BudgetError, bisect, full_table_bytes
 from compactrec.trainer.config import QRConfig
 from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature
@@ -86,7 +86,25 @@ class QREmbedding(CompressedEmbedding):
             return q + r
         return torch.cat([q, r], dim=1)
 
+    def _embed_fused(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+        """Unsharded: one fused qr_bag per feature (compose per id, pool) on the weights."""
+        from compactrec.kernels import qr_bag
+
+        jts = features.to_dict()
+        out: Dict[str, torch.Tensor] = {}
+        if self.full is not None:
+            out.update(self.full(KeyedJaggedTensor.from_jt_dict({n: jts[n] for n in self.small})).to_dict())
+        for j, name in enumerate(self.big):
+            jt = jts[name]
+            out[name] = qr_bag(
+                jt.values().to(torch.int64), jt.offsets(), self.ec.embeddings[f"qr_q_{name}"].weight,
+                self.ec.embeddings[f"qr_r_{name}"].weight, collisions=int(self.collisions[j]), operation=self.operation,
+            )
+        return out
+
     def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+        if self.fused and self.operation != "concat" and is_local(self.full, self.ec):
+            return self._embed_fused(features)  # the fused op has mult and add
         jts = features.to_dict()
         out: Dict[str, torch.Tensor] = {}
         if self.full is not None:

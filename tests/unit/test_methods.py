@@ -315,3 +315,41 @@ def test_achieved_ratio_within_5_percent_or_a_clear_error(kind: str, ratio: int)
     emb = build_embeddings(cfg, CompressionConfig(ratio=ratio), schema, 32, counts=counts)
     achieved = full_embedding_bytes(schema, 32) / module_bytes(emb)
     assert ratio <= achieved <= ratio * 1.05, achieved
+
+
+# ---- the fused kernels (unsharded path) agree with the collection path (the sharded one) ----
+
+FUSED_KINDS = [
+    ("hash", {"hash": HashConfig(rows=7)}),
+    ("hash", {"hash": HashConfig(rows=60, hash="identity")}),
+    ("qr", {"qr": QRConfig(collisions=4, operation="mult")}),
+    ("qr", {"qr": QRConfig(collisions=6, operation="add")}),
+    ("memcom", {"memcom": MemComConfig(rows=5, bias=True)}),
+    ("memcom", {"memcom": MemComConfig(rows=60, hash="identity")}),
+    ("mixed_dim", {"mixed_dim": MixedDimConfig(alpha=1.5, num_blocks=3)}),  # 1- and 2-wide packed blocks too
+    ("mixed_dim", {"mixed_dim": MixedDimConfig(blocks="table", alpha=0.8, threshold=SMALL)}),
+]
+
+
+@pytest.mark.parametrize("kind,sub", FUSED_KINDS)
+def test_fused_kernel_path_equals_the_collection_path(kind: str, sub: Dict):
+    torch.manual_seed(0)
+    emb = build_embeddings(_emb_cfg(kind, sub), CompressionConfig(), SCHEMA, DIM, counts=_counts)
+    with torch.no_grad():
+        for p in emb.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    if kind == "mixed_dim" and sub["mixed_dim"].blocks == "rows":
+        assert emb.narrow_width, "the case should exercise packed narrow blocks"
+    kjt = _random_bags(9, 5, 6)
+    weight = torch.randn(kjt.stride(), 3 * DIM)
+    grads = []
+    for fused in (True, False):
+        emb.fused = fused
+        emb.zero_grad()
+        out = emb(kjt).values()
+        (out * weight).sum().backward()
+        grads.append((out.detach(), {n: p.grad.clone() for n, p in emb.named_parameters()}))
+    (fused_out, fused_g), (coll_out, coll_g) = grads
+    torch.testing.assert_close(fused_out, coll_out, rtol=1e-5, atol=1e-5)
+    for name in coll_g:
+        torch.testing.assert_close(fused_g[name], coll_g[name], rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
