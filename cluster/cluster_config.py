@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from compactrec.trainer.config import ConfigError
+from compactrec.trainer.config import ConfigError, load_structured
 
 # Kubernetes resource quantity (the CRD's own pattern): "16Gi", "500M", "1e9", "0.5".
 QUANTITY = re.compile(
@@ -90,29 +89,11 @@ def load_cluster_config(path: str | Path, overrides: Sequence[str] = ()) -> Kube
         ConfigError: naming the file and the key that is unknown, mistyped or out of range.
     """
     where = str(path)
-    node = OmegaConf.structured(KubeClusterConfig)
-    try:
-        loaded = OmegaConf.load(path)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: cluster config file not found") from None
-    except Exception as e:  # YAML syntax errors come in many types
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    node = _merge(node, loaded, where)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}': expected key=value")
-        node = _merge(node, OmegaConf.from_dotlist([item]), f"{where} (override '{item}')")
+    node = load_structured(KubeClusterConfig, path, overrides, what="cluster config")
     cc: KubeClusterConfig = OmegaConf.to_object(node)  # type: ignore[assignment]
     check_cluster_config(cc, where)
     return cc
 
-
-def _merge(base, other, where: str):
-    try:
-        return OmegaConf.merge(base, other)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "?"
-        raise ConfigError(f"{where}: bad key '{key}': {str(e).splitlines()[0]}") from None
 
 
 def check_cluster_config(cc: KubeClusterConfig, where: str) -> None:

@@ -19,7 +19,6 @@ import csv
 import io
 import itertools
 import json
-import math
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -27,22 +26,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from compactrec.trainer.config import ConfigError, RunConfig, load_config, with_overrides
 from compactrec.trainer.io import atomic_write, atomic_write_text
+from compactrec.trainer.summary import summary_table
 
 Point = Dict[str, Any]
-COLUMNS = [  # (header, key, format)
-    ("method", "embedding_kind", "{}"),
-    ("ratio asked", "ratio_requested", "{:g}x"),
-    ("ratio built", "compression_ratio", "{:.1f}x"),
-    ("workers", "world_size", "{}"),
-    ("AUC", "auc", "{:.4f}"),
-    ("Bayes AUC", "bayes_auc", "{:.4f}"),
-    ("logloss", "logloss", "{:.4f}"),
-    ("NE", "ne", "{:.4f}"),
-    ("samples/s", "samples_per_s", "{:,.0f}"),
-    ("emb MB", "embedding_mb", "{:.2f}"),
-]
-
-
 def _label(key: str, value: Any) -> str:
     return f"{key.split('.')[-1]}={value}"
 
@@ -104,7 +90,8 @@ def run_sweep(cfg: RunConfig, address: Optional[str] = None, remote_dir: Optiona
         for name, point in sweep_points(cfg):
             run = point_config(cfg, name, point)
             asked = 1 if run.embedding.kind == "full" else run.compression.ratio or 1  # full ignores it
-            row: Dict[str, Any] = {"run": name, **point, "ratio_requested": asked}
+            row: Dict[str, Any] = {"run": name, "name": name, **point, "ratio_requested": asked,
+                                   "embedding_kind": run.embedding.kind}
             try:
                 row.update({k: v for k, v in _run_point(run, address, remote_dir).items() if k != "config"})
             except (ValueError, RuntimeError) as e:  # BudgetError and worker failures included
@@ -116,25 +103,7 @@ def run_sweep(cfg: RunConfig, address: Optional[str] = None, remote_dir: Optiona
 
 
 def results_markdown(rows: Sequence[Dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        r = {**r, "embedding_mb": r.get("embedding_bytes", 0) / 2**20 if "embedding_bytes" in r else None}
-        if "error" in r:
-            cells = [str(r.get("embedding_kind", r.get("embedding.kind", "?"))), _fmt("{:g}x", r.get("ratio_requested"))]
-            cells += [f"not run: {r['error']}"] + [""] * (len(COLUMNS) - 3)
-        else:
-            cells = [_fmt(fmt, r.get(key)) for _, key, fmt in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _fmt(fmt: str, value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    try:
-        return fmt.format(value)
-    except (ValueError, TypeError):
-        return str(value)
+    return summary_table(rows)
 
 
 def write_results(rows: Sequence[Dict[str, Any]], out: Path) -> None:

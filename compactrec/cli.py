@@ -1,6 +1,7 @@
 """``compactrec`` command line: one sub-command per task, runs changed by YAML + overrides.
 
     compactrec synth OUT_DIR [key=value ...]        synthetic Criteo-shaped Parquet shards
+    compactrec data movielens --out DIR             MovieLens-100K (from the recbole==1.2.1 wheel), converted
     compactrec train CONFIG [key=value ...]         train (Ray Train or local), print a summary
     compactrec convert criteo INPUT... --out DIR    Criteo click logs -> Parquet shards + manifest
     compactrec sweep CONFIG [key=value ...]         every point of the config's `sweep` grid, one table
@@ -64,11 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from compactrec.sharding.plan_report import add_parser as add_plan_parser
     from compactrec.trainer.data.convert_cli import add_parser as add_convert_parser
+    from compactrec.trainer.data.data_cli import add_parser as add_data_parser
 
     add_submit_parser(sub)
     add_sweep_parser(sub)
     add_plan_parser(sub)
     add_convert_parser(sub)
+    add_data_parser(sub)
     return p
 
 

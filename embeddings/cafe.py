@@ -48,7 +48,6 @@ from compactrec.embeddings.base import (
     bag_ids,
     full_config,
     kjt_from,
-    route,
     split_features,
 )
 from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
@@ -219,6 +218,10 @@ class CafeEmbedding(CompressedEmbedding):
         for f in big:
             starts.append(starts[-1] + f.cardinality)
         self._starts = starts[:-1]  # fixed at build: the sketch's global id space
+        # constants of the vectorised routing; buffers so they follow the module's device
+        self.register_buffer("_starts_t", torch.tensor(self._starts, dtype=torch.int64, device=device), persistent=False)
+        rows = [[plan.hash_rows[f.name][l] for f in big] for l in range(cfg.levels)] if big else [[]]
+        self.register_buffer("_hash_rows_t", torch.tensor(rows, dtype=torch.int64, device=device), persistent=False)
         self.offsets: Dict[str, int] = {f.name: s for f, s in zip(big, self._starts)}
         self.ebc = EmbeddingBagCollection(tables=self._tables(small, big), device=device)
         self._kjt_keys = [n for c in self.ebc.embedding_bag_configs() for n in c.feature_names]
@@ -281,16 +284,7 @@ class CafeEmbedding(CompressedEmbedding):
         gids = [self.global_ids(f.name, jts[f.name].values()) for f in self.compressed]
         lengths = [jts[f.name].lengths() for f in self.compressed]
         if self.compressed:
-            query = self.sketch.query if self.router is None else self.router.query  # type: ignore[union-attr]
-            slots = query(torch.cat(gids)).split([g.numel() for g in gids])  # one query for all
-            for f, gid, slot, n in zip(self.compressed, gids, slots, lengths):
-                local = gid - self.offsets[f.name]
-                cold = (slot < 0).long()  # route target: 0 = hot, 1 = cold
-                ids = torch.where(slot >= 0, slot, local)
-                (hot_ids, cold_ids), (hot_len, cold_len) = route(ids, n, cold, 2)
-                parts[f"{f.name}__hot"] = (hot_ids, hot_len)
-                for l in range(self.cfg.levels):
-                    parts[f"{f.name}__h{l}"] = (self.hash_rows(f.name, cold_ids, l), cold_len)
+            parts.update(self._route(torch.cat(gids), torch.cat(lengths), [g.numel() for g in gids]))
         pooled = self.ebc(kjt_from({k: parts[k] for k in self._kjt_keys})).to_dict()
         out = {n: pooled[n] for n in self.small_names}
         for f in self.compressed:
@@ -301,6 +295,33 @@ class CafeEmbedding(CompressedEmbedding):
         if recording and self.compressed:
             self._record(gids, lengths, [out[f.name] for f in self.compressed])
         return out
+
+    def _route(self, gids: torch.Tensor, lengths: torch.Tensor, sizes: List[int]) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+        """All compressed features at once (no per-feature loop): gids (nnz,) global ids in key
+        order, lengths (F_c * B,) -> {f__hot: (slots, lengths), f__h{l}: (hash rows, lengths)}."""
+        query = self.sketch.query if self.router is None else self.router.query  # type: ignore[union-attr]
+        slots = query(gids)  # one query (one exchange when sharded) for every feature
+        nf = len(self.compressed)
+        b = lengths.numel() // nf
+        fidx = torch.repeat_interleave(torch.arange(nf, device=gids.device), torch.tensor(sizes, device=gids.device))
+        local = gids - self._starts_t[fidx]
+        cold = slots < 0
+        target = fidx * 2 + cold.long()  # output key: 2f = f__hot, 2f + 1 = f's hash keys
+        bag = bag_ids(lengths) - fidx * b  # the value's bag within its feature
+        order = torch.sort(target, stable=True).indices
+        counts = torch.bincount(target, minlength=2 * nf).tolist()
+        lens = torch.bincount(target * b + bag, minlength=2 * nf * b).view(2 * nf, b)
+        hot_vals = torch.where(cold, local, slots)[order].split(counts)
+        levels = [
+            hash_mod(local, self._hash_rows_t[l][fidx], seed=self.cfg.seed + 1 + l)[order].split(counts)
+            for l in range(self.cfg.levels)
+        ]
+        parts: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+        for j, f in enumerate(self.compressed):
+            parts[f"{f.name}__hot"] = (hot_vals[2 * j], lens[2 * j])
+            for l in range(self.cfg.levels):
+                parts[f"{f.name}__h{l}"] = (levels[l][2 * j + 1], lens[2 * j + 1])
+        return parts
 
     def _record(
         self, gids: List[torch.Tensor], lengths: List[torch.Tensor], pooled: List[torch.Tensor]

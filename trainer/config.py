@@ -194,6 +194,18 @@ class ShardingConfig:
 
 
 @dataclass
+class RankingConfig:
+    """Ranking evaluation (``trainer/ranking.py``): each positive of the eval split ranked
+    against sampled negatives. Runs when the data manifest has a ``ranking`` section."""
+
+    enabled: bool = True
+    negatives: int = 100  # unrated items sampled per positive
+    k: int = 10  # nDCG@k, HR@k
+    seed: int = 0  # the negatives' seed (fixed: every method is ranked on the same candidates)
+    batch_size: int = 4096  # candidate rows per rank per step
+
+
+@dataclass
 class TrainerConfig:
     launcher: str = "ray"  # ray | local
     epochs: int = 1
@@ -234,6 +246,7 @@ class RunConfig:
     dense: DenseConfig = field(default_factory=DenseConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     # Grid of dotted keys -> values, expanded by `compactrec sweep` (one run per point).
     sweep: Dict[str, List[Any]] = field(default_factory=dict)
@@ -282,6 +295,8 @@ def _check(cfg: RunConfig, where: str) -> None:
         )
     if cfg.model.over_arch[-1] != 1:
         raise ConfigError(f"{where}: model.over_arch must end in 1 (one logit)")
+    if cfg.ranking.negatives < 1 or cfg.ranking.k < 1 or cfg.ranking.batch_size < 1:
+        raise ConfigError(f"{where}: ranking.negatives, ranking.k and ranking.batch_size must be >= 1")
     if cfg.compression.ratio is not None and cfg.compression.bytes is not None:
         raise ConfigError(f"{where}: set compression.ratio or compression.bytes, not both")
     for key in cfg.sweep:
@@ -295,29 +310,36 @@ def _dotted_get(cfg: Any, key: str, where: str) -> Any:
     return OmegaConf.select(node, key)
 
 
+def load_structured(schema: Any, path: Optional[str | Path], overrides: Sequence[str] = (), what: str = "config") -> DictConfig:
+    """``schema`` defaults <- YAML file <- dotted overrides, as an OmegaConf node.
+
+    Raises:
+        ConfigError: naming the file (or override) and the key that is unknown or mistyped.
+    """
+    node = OmegaConf.structured(schema)
+    if path is not None:
+        try:
+            loaded = OmegaConf.load(path)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: {what} file not found") from None
+        except Exception as e:  # YAML syntax errors come in many types
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        node = _merge(node, loaded, str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value")
+        node = _merge(node, OmegaConf.from_dotlist([item]), f"override '{item}'")
+    return node
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> RunConfig:
     """Defaults <- YAML file <- dotted overrides; returns a validated ``RunConfig``.
 
     Raises:
         ConfigError: naming the file (or override) and the key that is unknown or mistyped.
     """
-    cfg = OmegaConf.structured(RunConfig)
-    where = "defaults"
-    if path is not None:
-        where = str(path)
-        try:
-            loaded = OmegaConf.load(path)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except Exception as e:  # YAML syntax errors come in many types
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        cfg = _merge(cfg, loaded, where)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}': expected key=value")
-        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override '{item}'")
-    run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    _check(run, where)
+    run: RunConfig = OmegaConf.to_object(load_structured(RunConfig, path, overrides))  # type: ignore[assignment]
+    _check(run, str(path) if path is not None else "defaults")
     return run
 
 

@@ -25,10 +25,12 @@ from compactrec.trainer.config import RunConfig, config_to_dict, save_config
 from compactrec.trainer.data.id_counts import count_ids
 from compactrec.trainer.data.manifest import Manifest, read_manifest
 from compactrec.trainer.data.reader import ParquetReader
+from compactrec.trainer.data.side_tables import read_ranking_spec
 from compactrec.trainer.dense_engine import build_dense_engine, check_dense_engine
 from compactrec.trainer.io import atomic_write_json
 from compactrec.trainer.metrics import ctr_metrics
 from compactrec.trainer.model import build_model
+from compactrec.trainer.ranking import dlrm_scorer, ranking_metrics
 from compactrec.trainer.optim import apply_sparse_optimizer
 
 ProgressFactory = Callable[..., Any]  # tqdm-like: (total=, desc=, disable=) -> bar
@@ -97,6 +99,22 @@ def evaluate(
     model.train()
     parts = all_gather_object((torch.cat(labels), torch.cat(logits)))
     return ctr_metrics(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+
+
+def evaluate_ranking(
+    cfg: RunConfig, model: nn.Module, manifest: Manifest, env: DistEnv, forward: Optional[Callable[..., Any]] = None
+) -> Dict[str, Any]:
+    """nDCG@k / HR@k on the eval split when the data set has user and item side tables
+    (its manifest's ``ranking`` section), {} otherwise; every rank runs it (sharded model).
+    ``forward`` as in ``evaluate``."""
+    if not cfg.ranking.enabled or read_ranking_spec(cfg.data.path) is None:
+        return {}
+    r = cfg.ranking
+    return ranking_metrics(
+        dlrm_scorer(forward or model, env.device), cfg.data.path, manifest, cfg.data.eval_split, env,
+        negatives=r.negatives, k=r.k, seed=r.seed, batch_size=r.batch_size,
+        dense_transform=cfg.data.dense_transform, model=model,
+    )
 
 
 def _peak_memory_bytes(env: DistEnv) -> int:
@@ -236,6 +254,7 @@ def train(
         checkpoint(state.epoch, None)
 
     metrics: Dict[str, Any] = evaluate(model, eval_reader, env, engine.forward)
+    metrics.update(evaluate_ranking(cfg, model, manifest, env, engine.forward))
     metrics.update(sizes)
     metrics.update(
         {
@@ -258,8 +277,9 @@ def train(
         }
     )
     if writer is not None:
-        for key in ("auc", "logloss", "ne"):
-            writer.add_scalar(f"eval/{key}", metrics[key], state.step)
+        for key in ("auc", "logloss", "ne", f"ndcg@{cfg.ranking.k}", f"hr@{cfg.ranking.k}"):
+            if key in metrics:
+                writer.add_scalar(f"eval/{key}", metrics[key], state.step)
         writer.add_scalar("train/samples_per_s", metrics["samples_per_s"], state.step)
         writer.close()
     if env.is_main:

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -24,7 +25,19 @@ from compactrec.trainer.config import ModelConfig
 def build_model(
     cfg: ModelConfig, embeddings: nn.Module, num_dense: int, device: Optional[torch.device] = None
 ) -> DLRMTrain:
-    """A ``DLRMTrain`` (BCE-with-logits loss around the DLRM) over ``embeddings``."""
+    """A ``DLRMTrain`` (BCE-with-logits loss around the DLRM) over ``embeddings``.
+
+    ``num_dense`` may be 0 (e.g. MovieLens): the DenseArch's first layer is then
+    ``Linear(0, n)``, whose output is its bias (initialised to 0; ReLU keeps it at 0), so the
+    dense vector is a constant zero that adds nothing; torch's warning that it cannot
+    initialise the empty weight is expected and silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
+        return DLRMTrain(_build_dlrm(cfg, embeddings, num_dense, device))
+
+
+def _build_dlrm(cfg: ModelConfig, embeddings: nn.Module, num_dense: int, device: Optional[torch.device]) -> nn.Module:
     if cfg.arch == "dlrm":
         dlrm = DLRM(
             embedding_bag_collection=embeddings,  # type: ignore[arg-type]
@@ -43,7 +56,7 @@ def build_model(
             dcn_low_rank_dim=cfg.dcn_low_rank_dim,
             dense_device=device,
         )
-    return DLRMTrain(dlrm)
+    return dlrm
 
 
 def embedding_module(model: nn.Module) -> nn.Module:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -156,9 +156,10 @@ def candidate_batch(
                  labels=torch.zeros(len(users)), num_valid=num_valid)
 
 
-def dlrm_scorer(model: nn.Module, device: torch.device) -> Scorer:
-    """Logits of a (possibly DMP-wrapped) ``DLRMTrain``: ``model(batch) -> (loss, (_, logits, _))``."""
-    return lambda batch: model(batch.to(device))[1][1]
+def dlrm_scorer(forward: Callable[[Batch], Any], device: torch.device) -> Scorer:
+    """Logits from a ``DLRMTrain`` forward: the (possibly DMP-wrapped) model itself or a dense
+    engine's ``forward``, either returning ``(loss, (loss, logits (B,), labels))``."""
+    return lambda batch: forward(batch.to(device))[1][1]
 
 
 def build_candidates(root: str | Path, manifest: Manifest, spec: RankingSpec, split: str,

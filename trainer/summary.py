@@ -7,19 +7,21 @@ from typing import Any, Dict, List, Sequence, Tuple
 COLUMNS: List[Tuple[str, str, str]] = [  # (header, metrics key, format)
     ("run", "name", "{}"),
     ("method", "embedding_kind", "{}"),
+    ("ratio asked", "ratio_requested", "{:g}x"),
+    ("ratio built", "compression_ratio", "{:.1f}x"),
     ("workers", "world_size", "{}"),
     ("AUC", "auc", "{:.4f}"),
     ("Bayes AUC", "bayes_auc", "{:.4f}"),
     ("logloss", "logloss", "{:.4f}"),
     ("NE", "ne", "{:.4f}"),
+    ("nDCG@10", "ndcg@10", "{:.4f}"),
     ("samples/s", "samples_per_s", "{:,.0f}"),
     ("emb MB", "embedding_mb", "{:.2f}"),
-    ("ratio", "compression_ratio", "{:.1f}x"),
 ]
 
 
 def _cell(fmt: str, value: Any) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and value != value):
         return "-"
     try:
         return fmt.format(value)
@@ -28,11 +30,16 @@ def _cell(fmt: str, value: Any) -> str:
 
 
 def summary_table(rows: Sequence[Dict[str, Any]], columns: Sequence[Tuple[str, str, str]] = COLUMNS) -> str:
-    """A Markdown table, one row per run's metrics."""
+    """A Markdown table, one row per run's metrics; a row with an ``error`` (a run that could
+    not start, e.g. a ratio its method cannot reach) shows the error after its first cells."""
     body = []
     for m in rows:
-        m = {**m, "embedding_mb": m.get("embedding_bytes", 0) / 2**20}
-        body.append([_cell(fmt, m.get(key)) for _, key, fmt in columns])
+        m = {**m, "embedding_mb": m["embedding_bytes"] / 2**20 if "embedding_bytes" in m else None}
+        cells = [_cell(fmt, m.get(key)) for _, key, fmt in columns]
+        if "error" in m:
+            keep = 3 if columns is COLUMNS else 2
+            cells = cells[:keep] + [f"not run: {m['error']}"] + [""] * (len(columns) - keep - 1)
+        body.append(cells)
     headers = [h for h, _, _ in columns]
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]
     line = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731

@@ -21,7 +21,7 @@ from compactrec.trainer.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = sorted((REPO / "configs" / "cluster").glob("*.yaml"))
-DEMO = REPO / "configs" / "demo.yaml"
+DEMO = REPO / "configs" / "methods" / "full.yaml"
 # The CRD as published by KubeRay (Apache-2.0), ray-operator/config/crd/bases/ at v1.7.0.
 CRD_CANDIDATES = [REPO / "tests" / "data" / "kuberay-rayjob-crd.yaml", Path("/work/shared/schemas/kuberay-rayjob-crd.yaml")]
 INT_RANGE = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from compactrec.trainer.data import fs
 from compactrec.trainer.io import atomic_write_json
@@ -64,6 +64,7 @@ class Manifest:
     schema: FeatureSchema
     splits: Dict[str, SplitInfo]
     stats: Dict[str, Any] = field(default_factory=dict)
+    ranking: Optional[Dict[str, Any]] = None  # user/item side tables (trainer/data/side_tables.py)
 
     def split_files(self, root: str | Path, split: str) -> List[str]:
         """The split's shards as paths under ``root`` (a local folder or a URI)."""
@@ -88,6 +89,8 @@ def write_manifest(root: str | Path, manifest: Manifest) -> Path:
         "splits": {k: asdict(v) for k, v in manifest.splits.items()},
         "stats": manifest.stats,
     }
+    if manifest.ranking is not None:
+        obj["ranking"] = manifest.ranking
     return atomic_write_json(manifest_path(root), obj)
 
 
@@ -116,4 +119,4 @@ def read_manifest(root: str | Path) -> Manifest:
     for f in schema.sparse:
         if f.cardinality < 1:
             raise ValueError(f"{path}: feature {f.name} has cardinality {f.cardinality} < 1")
-    return Manifest(schema=schema, splits=splits, stats=obj.get("stats", {}))
+    return Manifest(schema=schema, splits=splits, stats=obj.get("stats", {}), ranking=obj.get("ranking"))
