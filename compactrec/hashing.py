@@ -12,8 +12,12 @@ Example::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported lazily: data-conversion workers use only the numpy side
+    import torch
 
 GOLDEN = 0x9E3779B97F4A7C15
 M1 = 0xBF58476D1CE4E5B9
@@ -27,20 +31,22 @@ def _signed(x: int) -> int:
     return x - (1 << 64) if x >= 1 << 63 else x
 
 
-def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
+def _shr(x: "torch.Tensor", k: int) -> "torch.Tensor":
     """Logical right shift of int64 bit patterns."""
     return (x >> k) & ((1 << (64 - k)) - 1)
 
 
-def splitmix64(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+def splitmix64(x: "torch.Tensor", seed: int = 0) -> "torch.Tensor":
     """splitmix64 finalizer of ``x + seed * GOLDEN`` (int64 in, int64 bit patterns out)."""
+    import torch
+
     x = x.to(torch.int64) + _signed(GOLDEN * (seed + 1))
     x = (x ^ _shr(x, 30)) * _signed(M1)
     x = (x ^ _shr(x, 27)) * _signed(M2)
     return x ^ _shr(x, 31)
 
 
-def hash_mod(ids: torch.Tensor, m: int, seed: int = 0) -> torch.Tensor:
+def hash_mod(ids: "torch.Tensor", m: int, seed: int = 0) -> "torch.Tensor":
     """Hash ids into ``[0, m)``: splitmix64, top bit dropped, then modulo."""
     return (splitmix64(ids, seed) & 0x7FFFFFFFFFFFFFFF) % m
 

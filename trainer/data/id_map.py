@@ -22,22 +22,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from compactrec.hashing import splitmix64_np  # numpy only: conversion workers do not import torch
 from compactrec.trainer.data.criteo import SPARSE_NAMES
 
 KINDS = ("raw", "hash", "freq")
-_U = np.uint64
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """``compactrec.hashing.splitmix64_np(x, seed=0)``, restated so that conversion workers
-    do not import torch (that module does, at import: seconds per spawned worker).
-    tests/unit/test_criteo_convert.py checks the ids against ``compactrec.hashing.hash_mod``."""
-    x = x.astype(_U) + _U(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> _U(30))) * _U(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> _U(27))) * _U(0x94D049BB133111EB)
-    return x ^ (x >> _U(31))
-
-
 @dataclass(frozen=True)
 class IdMapSpec:
     kind: str = "raw"
@@ -83,7 +71,7 @@ class IdMap:
             ids = raw + 1
         elif self.spec.kind == "hash":
             m = np.uint64(self.spec.max_ids - 1)  # type: ignore[operator]
-            ids = (_splitmix64(raw) & np.uint64(0x7FFFFFFFFFFFFFFF)) % m
+            ids = (splitmix64_np(raw) & np.uint64(0x7FFFFFFFFFFFFFFF)) % m
             ids = ids.astype(np.int64) + 1
         else:
             ids = np.empty_like(raw)
