@@ -9,6 +9,9 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Read when @triton.jit functions are defined: set before any test module (or the modules it
+# imports) loads a kernel module, so tests/kernels can run the kernels under the interpreter.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from compactrec.logs import quiet_third_party  # noqa: E402
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from compactrec.embeddings.accounting import embedding_report
 from compactrec.embeddings.factory import build_embeddings
-from compactrec.sharding.env import DistEnv, all_gather_object
+from compactrec.sharding.env import DistEnv, all_gather_object, all_reduce_sum
 from compactrec.sharding.shard import shard_model
 from compactrec.trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from compactrec.trainer.config import RunConfig, config_to_dict, save_config
@@ -28,12 +28,13 @@ from compactrec.trainer.data.reader import ParquetReader
 from compactrec.trainer.data.side_tables import read_ranking_spec
 from compactrec.trainer.dense_engine import build_dense_engine, check_dense_engine
 from compactrec.trainer.io import atomic_write_json
-from compactrec.trainer.metrics import ctr_metrics
+from compactrec.trainer.metrics import ctr_metrics, ctr_metrics_from_sums, ctr_sums
 from compactrec.trainer.model import build_model
 from compactrec.trainer.ranking import dlrm_scorer, ranking_metrics
 from compactrec.trainer.optim import apply_sparse_optimizer
 
 ProgressFactory = Callable[..., Any]  # tqdm-like: (total=, desc=, disable=) -> bar
+EXACT_EVAL_ROWS = 4_000_000  # above: binned AUC from merged histograms instead of gathering rows
 
 
 def run_dir(cfg: RunConfig) -> Path:
@@ -86,7 +87,9 @@ def make_readers(cfg: RunConfig, manifest: Manifest, env: DistEnv) -> tuple[Parq
 def evaluate(
     model: nn.Module, reader: ParquetReader, env: DistEnv, forward: Optional[Callable[..., Any]] = None
 ) -> Dict[str, float]:
-    """CTR metrics over the whole eval split (every rank's rows gathered, padding dropped).
+    """CTR metrics over the whole eval split (padding dropped). Up to ``EXACT_EVAL_ROWS`` rows
+    in all, every rank's predictions are gathered and the AUC is exact; beyond (Criteo-TB's
+    eval day), each rank sums a fixed-size histogram summary and one all_reduce merges them.
     ``forward`` (default ``model``): the dense engine's, which ZeRO-3 needs to gather weights."""
     model.eval()
     forward = forward or model
@@ -97,7 +100,10 @@ def evaluate(
         labels.append(label[:n].cpu())
         logits.append(logit[:n].float().cpu())
     model.train()
-    parts = all_gather_object((torch.cat(labels), torch.cat(logits)))
+    y, z = torch.cat(labels), torch.cat(logits)
+    if sum(all_gather_object(y.numel())) > EXACT_EVAL_ROWS:
+        return ctr_metrics_from_sums(all_reduce_sum(ctr_sums(y, z)))
+    parts = all_gather_object((y, z))
     return ctr_metrics(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
 
 

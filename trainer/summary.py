@@ -36,9 +36,8 @@ def summary_table(rows: Sequence[Dict[str, Any]], columns: Sequence[Tuple[str, s
     for m in rows:
         m = {**m, "embedding_mb": m["embedding_bytes"] / 2**20 if "embedding_bytes" in m else None}
         cells = [_cell(fmt, m.get(key)) for _, key, fmt in columns]
-        if "error" in m:
-            keep = 3 if columns is COLUMNS else 2
-            cells = cells[:keep] + [f"not run: {m['error']}"] + [""] * (len(columns) - keep - 1)
+        if "error" in m:  # run, method and ratio asked, then why it did not run
+            cells = cells[:3] + [f"not run: {m['error']}"] + [""] * (len(columns) - 4)
         body.append(cells)
     headers = [h for h, _, _ in columns]
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]

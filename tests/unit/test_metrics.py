@@ -35,3 +35,17 @@ def test_ctr_metrics_from_logits():
     y = torch.tensor([0, 1, 0, 1])
     m = ctr_metrics(y, torch.tensor([-2.0, 2.0, -1.0, 1.0]))
     assert m["auc"] == 1.0 and m["ne"] < 0.5 and m["eval_rows"] == 4
+
+
+def test_binned_metrics_merge_across_ranks_and_match_the_exact_ones():
+    from compactrec.trainer.metrics import ctr_metrics_from_sums, ctr_sums
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(50_000, generator=g) * 2
+    y = (torch.rand(50_000, generator=g) < torch.sigmoid(z)).long()
+    exact = ctr_metrics(y, z)
+    merged = ctr_metrics_from_sums(ctr_sums(y[:20_000], z[:20_000]) + ctr_sums(y[20_000:], z[20_000:]))
+    assert abs(merged["auc"] - exact["auc"]) < 1e-4
+    for key in ("logloss", "ne", "ctr"):
+        assert abs(merged[key] - exact[key]) < 1e-9, key
+    assert merged["eval_rows"] == 50_000
