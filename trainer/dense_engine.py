@@ -43,7 +43,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from compactrec.sharding.env import DistEnv
 from compactrec.trainer.config import DeepSpeedConfig, DenseConfig, OptimConfig
 from compactrec.trainer.model import unwrap
-from compactrec.trainer.optim import _dense_optimizer, build_optimizer
+from compactrec.trainer.optim import dense_optimizer, build_optimizer
 
 DS_DIR, DS_TAG = "deepspeed", "dense"  # CHECKPOINT/deepspeed/dense/: DeepSpeed's own files
 INSTALL_HINT = (
@@ -200,7 +200,7 @@ class DeepSpeedEngine(DenseEngine):
         self.sparse: Optional[KeyedOptimizer] = getattr(model, "fused_optimizer", None)
         self.ds, *_ = deepspeed.initialize(
             model=self.parts,
-            optimizer=_dense_optimizer(self.parts.parameters(), optim),  # torch: nothing to compile
+            optimizer=dense_optimizer(self.parts.parameters(), optim),  # torch: nothing to compile
             config=deepspeed_config(cfg, env),
             dist_init_required=False,  # reuse the process group of Ray Train / the launcher
         )

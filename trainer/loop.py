@@ -129,6 +129,19 @@ def _peak_memory_bytes(env: DistEnv) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
+def cafe_hot_ids(model: nn.Module) -> Dict[str, Any]:
+    """For CAFE: how many ids are hot and a digest of which (every rank's sketch shard
+    together), so runs on different numbers of ranks can be compared. Collective."""
+    from compactrec.embeddings.cafe import CafeEmbedding
+
+    for m in model.modules():
+        if isinstance(m, CafeEmbedding) and m.sketch is not None:
+            m.flush()
+            keys = sorted(k for part in all_gather_object(m.sketch.hot_keys()[0].tolist()) for k in part)
+            return {"cafe_hot_ids": len(keys), "cafe_hot_digest": hashlib.sha256(str(keys).encode()).hexdigest()}
+    return {}
+
+
 def _check_same_data(*readers: ParquetReader) -> None:
     """Every rank must see the same row groups (on_bad_file=skip decides per rank, from the
     footers; a transient read error on one rank would otherwise make the step counts differ
@@ -278,6 +291,7 @@ def train(
             "dense_optimizer_state_bytes": max(all_gather_object(engine.memory_report()["optimizer_state"])),
             "device": env.device.type,
             "weights_digest": state_digest(model),
+            **cafe_hot_ids(model),
             "resumed_from": str(resume) if resume is not None else None,
             **_data_stats(train_reader, eval_reader),
         }

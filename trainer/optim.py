@@ -52,7 +52,7 @@ def apply_sparse_optimizer(model: nn.Module, cfg: OptimConfig) -> None:
         _apply_optimizer_in_backward(_SPARSE[cfg.sparse], params, _sparse_kwargs(cfg))
 
 
-def _dense_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+def dense_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
     if cfg.dense == "adagrad":
         return torch.optim.Adagrad(params, lr=cfg.dense_lr, eps=cfg.eps)
     if cfg.dense == "adam":
@@ -66,7 +66,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> KeyedOptimizer:
     dense = dict(in_backward_optimizer_filter(model.named_parameters()))
     opts: List[KeyedOptimizer] = []
     if dense:
-        opts.append(KeyedOptimizerWrapper(dense, lambda ps: _dense_optimizer(ps, cfg)))
+        opts.append(KeyedOptimizerWrapper(dense, lambda ps: dense_optimizer(ps, cfg)))
     fused = getattr(model, "fused_optimizer", None)
     if fused is not None:
         opts.append(fused)

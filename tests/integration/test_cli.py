@@ -45,7 +45,7 @@ def test_train_local_writes_every_metric(tiny_data: Path, tmp_path: Path):
     m = json.loads((tmp_path / "local1" / "metrics.json").read_text())
     assert METRIC_KEYS <= set(m), METRIC_KEYS - set(m)
     assert m["world_size"] == 1 and m["steps"] == 4096 // 128
-    assert 0.5 < m["auc"] <= 1.0 and m["compression_ratio"] == 1.0
+    assert 0.5 < m["auc"] < m["bayes_auc"] and m["compression_ratio"] == 1.0  # learns, below the ceiling
     assert (tmp_path / "local1" / "config.yaml").exists()
 
 

@@ -55,6 +55,7 @@ def test_resume_on_another_number_of_workers(tiny_data: Path, tmp_path: Path, be
     # partial results across ranks, so the last float bit may differ.
     for key in ("auc", "logloss", "ne"):
         assert resumed[key] == pytest.approx(saved[key], rel=1e-6, abs=1e-7), key
+    assert saved["cafe_hot_ids"] > 0 and resumed["cafe_hot_digest"] == saved["cafe_hot_digest"]  # same hot ids
 
 
 def test_a_broken_checkpoint_is_skipped_with_a_warning(tiny_data: Path, tmp_path: Path, capsys):
