@@ -31,7 +31,9 @@ def _cell(fmt: str, value: Any) -> str:
 
 def summary_table(rows: Sequence[Dict[str, Any]], columns: Sequence[Tuple[str, str, str]] = COLUMNS) -> str:
     """A Markdown table, one row per run's metrics; a row with an ``error`` (a run that could
-    not start, e.g. a ratio its method cannot reach) shows the error after its first cells."""
+    not start, e.g. a ratio its method cannot reach) shows the error after its first cells.
+    Metric columns no row has (e.g. nDCG without ranking data) are left out."""
+    columns = [c for i, c in enumerate(columns) if i < 3 or any(c[1] in m or c[1] == "embedding_mb" for m in rows)]
     body = []
     for m in rows:
         m = {**m, "embedding_mb": m["embedding_bytes"] / 2**20 if "embedding_bytes" in m else None}
