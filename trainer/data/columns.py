@@ -117,7 +117,7 @@ def gather(segments: Sequence[Segment], multi_hot: Sequence[bool]):
     parts = [blk.packed[r] if isinstance(r, slice) else np.take(blk.packed, r, axis=0) for blk, r in rows]
     packed = parts[0] if len(parts) == 1 else np.concatenate(parts)
     labels = first.labels(packed).copy()
-    dense = np.ascontiguousarray(first.dense(packed))
+    dense = first.dense(packed)  # a strided view (rows W words apart): torch reads it without a copy
     onehot = first.onehot(packed).T  # (F1, B) view
     if not any(multi_hot):
         return labels, dense, onehot.astype(np.int64, order="C").reshape(-1), None
