@@ -30,6 +30,7 @@ from torch.distributed._shard.metadata import ShardMetadata
 from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, ShardedTensorMetadata
 from torch.distributed._shard.sharded_tensor.metadata import TensorProperties
 
+from compactrec.embeddings.base import kjt_from
 from compactrec.embeddings.cafe import HOT_TABLE, CafeEmbedding
 from compactrec.embeddings.hotsketch import HotSketch
 from compactrec.hashing import hash_mod
@@ -152,18 +153,20 @@ class ShardedCafeSketch:
             self.hot_shard[slots] = rows[:n].to(self.hot_shard.dtype)
         return n  # beyond the free slots, ids stay in the sketch but are no longer hot
 
+    def _lookup(self, bags: Dict[str, Tuple[torch.Tensor, torch.Tensor]], p: int) -> Dict[str, torch.Tensor]:
+        """One collective lookup through the sharded EBC: every rank sends the same keys with
+        ``p`` bags each (``bags`` fills some keys; the rest stay empty). Pooled (p, dim) per key."""
+        m = self.module
+        empty = (torch.zeros(0, dtype=torch.int64), torch.zeros(p, dtype=torch.int32))
+        return m.ebc(kjt_from({k: bags.get(k, empty) for k in m._kjt_keys})).to_dict()
+
     def _read_hot_rows(self, slots: torch.Tensor) -> torch.Tensor:
         """Rows ``slots`` (global ids) of the hot table, wherever they live: (n, dim). Collective."""
-        m = self.module
         p = self.sync.max(slots.numel())
-        parts = {key: (torch.zeros(0, dtype=torch.int64), torch.zeros(p, dtype=torch.int32)) for key in m._kjt_keys}
         lengths = torch.zeros(p, dtype=torch.int32)
         lengths[: slots.numel()] = 1
-        hot_key = f"{m.compressed[0].name}__hot"  # every feature's hot key reads the one hot table
-        parts[hot_key] = (slots, lengths)
-        from compactrec.embeddings.base import kjt_from
-
-        return m.ebc(kjt_from({k: parts[k] for k in m._kjt_keys})).to_dict()[hot_key][: slots.numel()]
+        hot_key = f"{self.module.compressed[0].name}__hot"  # every feature's hot key reads the one hot table
+        return self._lookup({hot_key: (slots, lengths)}, p)[hot_key][: slots.numel()]
 
     def _migrate(self, keys: torch.Tensor, local_slots: torch.Tensor) -> None:
         """Hot rows <- the promoted ids' current hash embeddings, via one collective lookup."""
@@ -171,25 +174,19 @@ class ShardedCafeSketch:
         p = self.sync.max(keys.numel())
         if p == 0:
             return
-        feature = torch.searchsorted(torch.tensor(m._starts), keys, right=True) - 1
-        parts: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
-        empty = torch.zeros(p, dtype=torch.int32)
-        for key in m._kjt_keys:
-            parts[key] = (torch.zeros(0, dtype=torch.int64), empty)
+        feature = torch.searchsorted(m._starts_t, keys, right=True) - 1
+        bags: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         for i, f in enumerate(m.compressed):
             mine = torch.nonzero(feature == i).squeeze(1)
             lengths = torch.zeros(p, dtype=torch.int32)
             lengths[mine] = 1  # bag j of key f__h{l}: promoted id j if it belongs to f
             local = keys[mine] - m.offsets[f.name]
             for level in range(m.cfg.levels):
-                parts[f"{f.name}__h{level}"] = (m.hash_rows(f.name, local, level), lengths)
-        from compactrec.embeddings.base import kjt_from
-
-        pooled = m.ebc(kjt_from({k: parts[k] for k in m._kjt_keys})).to_dict()
+                bags[f"{f.name}__h{level}"] = (m.hash_rows(f.name, local, level), lengths)
+        pooled = self._lookup(bags, p)
         values = sum(pooled[f"{f.name}__h{l}"] for f in m.compressed for l in range(m.cfg.levels))
-        n = keys.numel()
-        if n:
-            self.hot_shard[local_slots] = values[:n].to(self.hot_shard.dtype)
+        if keys.numel():
+            self.hot_shard[local_slots] = values[: keys.numel()].to(self.hot_shard.dtype)
 
     # ------------------------------------------------------------------------ checkpoint
     def _metadata(self, name: str, t: torch.Tensor) -> ShardedTensorMetadata:
