@@ -19,7 +19,7 @@ import sys
 from typing import List, Optional
 
 from compactrec.logs import quiet_third_party
-from compactrec.trainer.config import ConfigError, RunConfig, load_config
+from compactrec.trainer.config import ConfigError, load_config
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:

@@ -13,13 +13,13 @@ nothing and costs accuracy (ALGORITHMS.md, CAFE).
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
-from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature
 
@@ -83,12 +83,6 @@ def is_local(*collections: nn.Module) -> bool:
     Under DMP they are replaced by sharded twins and the method runs through them instead."""
     plain = (EmbeddingBagCollection, EmbeddingCollection)
     return all(c is None or type(c) in plain for c in collections)
-
-
-def select(features: KeyedJaggedTensor, names: Sequence[str]) -> Dict[str, JaggedTensor]:
-    """The named features' JaggedTensors (ids and per-bag lengths)."""
-    d = features.to_dict()
-    return {n: d[n] for n in names}
 
 
 def kjt_from(parts: Dict[str, Tuple[torch.Tensor, torch.Tensor]]) -> KeyedJaggedTensor:

@@ -75,7 +75,3 @@ def proportional_rows(
     hi = 4.0 * max(total_rows, total_card) + 1
     scale = bisect(lambda s: sum(rows_at(s).values()), int(total_rows), 0.0, hi, increasing=True)
     return rows_at(scale)
-
-
-def achieved_ratio(schema: FeatureSchema, dim: int, used_bytes: int) -> float:
-    return full_embedding_bytes(schema, dim) / used_bytes

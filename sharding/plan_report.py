@@ -127,8 +127,10 @@ def make_plan(cfg: RunConfig, world: int, hbm_gb: Optional[float], local_world: 
         hbm_bytes=int(hbm_gb * GB) if hbm_gb else None, collective=False, local_world_size=local_world,
     )
     rows, replicated = plan_rows(model, plan, cfg.optim.sparse)
-    emb = model.model.sparse_arch.embedding_bag_collection  # type: ignore[union-attr]
     from compactrec.embeddings.accounting import full_embedding_bytes, module_bytes
+    from compactrec.trainer.model import embedding_module
+
+    emb = embedding_module(model)
 
     used, full = module_bytes(emb), full_embedding_bytes(schema, cfg.model.embedding_dim)
     title = (

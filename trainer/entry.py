@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from compactrec.sharding.env import current_env  # noqa: E402
 from compactrec.trainer.checkpoint import is_valid, latest_checkpoint  # noqa: E402
 from compactrec.trainer.config import RunConfig, config_from_dict  # noqa: E402
-from compactrec.trainer.loop import run_dir, train  # noqa: E402
+from compactrec.trainer.loop import checkpoint_root, train  # noqa: E402
 
 
 def _under_ray() -> bool:
@@ -33,10 +33,6 @@ def _under_ray() -> bool:
         return True
     except Exception:
         return False
-
-
-def checkpoint_root(cfg: RunConfig) -> Path:
-    return Path(cfg.trainer.checkpoint_dir) if cfg.trainer.checkpoint_dir else run_dir(cfg) / "checkpoints"
 
 
 def resume_path(cfg: RunConfig) -> Optional[Path]:

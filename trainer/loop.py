@@ -29,7 +29,7 @@ from compactrec.trainer.data.side_tables import read_ranking_spec
 from compactrec.trainer.dense_engine import build_dense_engine, check_dense_engine
 from compactrec.trainer.io import atomic_write_json
 from compactrec.trainer.metrics import ctr_metrics, ctr_metrics_from_sums, ctr_sums
-from compactrec.trainer.model import build_model
+from compactrec.trainer.model import build_model, embedding_module
 from compactrec.trainer.ranking import dlrm_scorer, ranking_metrics
 from compactrec.trainer.optim import apply_sparse_optimizer
 
@@ -39,6 +39,11 @@ EXACT_EVAL_ROWS = 4_000_000  # above: binned AUC from merged histograms instead 
 
 def run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.runs_dir) / cfg.name
+
+
+def checkpoint_root(cfg: RunConfig) -> Path:
+    """Where the run's checkpoints go: ``trainer.checkpoint_dir``, else RUN_DIR/checkpoints."""
+    return Path(cfg.trainer.checkpoint_dir) if cfg.trainer.checkpoint_dir else run_dir(cfg) / "checkpoints"
 
 
 def build_train_model(cfg: RunConfig, manifest: Manifest, device: Optional[torch.device] = None) -> nn.Module:
@@ -205,7 +210,7 @@ def train(
     manifest = read_manifest(cfg.data.path)
     unsharded = build_train_model(cfg, manifest)
     sizes = embedding_report(
-        unsharded.model.sparse_arch.embedding_bag_collection,  # type: ignore[union-attr]
+        embedding_module(unsharded),
         manifest.schema,
         cfg.model.embedding_dim,
     )
@@ -216,7 +221,7 @@ def train(
     train_reader, eval_reader = make_readers(cfg, manifest, env)
     _check_same_data(train_reader, eval_reader)
     out = run_dir(cfg)
-    ckpt_root = Path(cfg.trainer.checkpoint_dir) if cfg.trainer.checkpoint_dir else out / "checkpoints"
+    ckpt_root = checkpoint_root(cfg)
     state = TrainState(step=0, epoch=0, world_size=env.world_size, config=config_to_dict(cfg), run_id=cfg.trainer.run_id)
     if resume is not None:
         state = load_checkpoint(resume, engine)
