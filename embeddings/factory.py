@@ -6,18 +6,16 @@ from ``compression`` (a ratio or a byte budget) through the method's planner.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Optional
 
-import numpy as np
 import torch
 from torch import nn
 
 from compactrec.embeddings.budget import budget_bytes
 from compactrec.embeddings.full import build_full
+from compactrec.embeddings.mixed_dim import CountsFn
 from compactrec.trainer.config import CompressionConfig, EmbeddingConfig
 from compactrec.trainer.data.manifest import FeatureSchema
-
-CountsFn = Callable[[], Dict[str, np.ndarray]]
 
 
 def _budget(compression: CompressionConfig, schema: FeatureSchema, dim: int) -> Optional[int]:

@@ -76,6 +76,9 @@ class MemComEmbedding(CompressedEmbedding):
         self.register_buffer(
             "moduli", torch.tensor([plan.rows[n] for n in self.big], dtype=torch.int64), persistent=False
         )
+        # The fused op indexes scales by the id it is given: identity hashing with m < N
+        # (a test mode) would need ids % m for the rows but raw ids for the scales.
+        self._fusable = cfg.hash != "identity" or all(plan.rows[f.name] >= f.cardinality for f in big)
 
     def _hash(self, ids: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         return ids % m if self.cfg.hash == "identity" else hash_mod(ids, m, self.cfg.seed)  # type: ignore[arg-type]
@@ -101,12 +104,7 @@ class MemComEmbedding(CompressedEmbedding):
         return out
 
     def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
-        # The fused op indexes scales by the id it is given: identity hashing with m < N
-        # (a test mode) would need ids % m for the rows but raw ids for the scales.
-        wraps = self.cfg.hash == "identity" and any(
-            int(m) < f.cardinality for m, f in zip(self.moduli, [f for f in self.schema.sparse if f.name in self.big])
-        )
-        if self.fused and not wraps and is_local(self.full, self.shared, self.scales):
+        if self.fused and self._fusable and is_local(self.full, self.shared, self.scales):
             return self._embed_fused(features)
         jts = features.to_dict()
         out: Dict[str, torch.Tensor] = {}
