@@ -188,10 +188,6 @@ def _flush_before_save(module: "CafeEmbedding", prefix: str, keep_vars: bool) ->
     module.flush()  # pending importance belongs in the checkpointed sketch
 
 
-def _drop_pending_after_load(module: "CafeEmbedding", incompatible_keys) -> None:
-    module._pending.clear()  # recorded against the state that was just replaced
-
-
 # ------------------------------------------------------------------------------------- module
 
 
@@ -233,7 +229,12 @@ class CafeEmbedding(CompressedEmbedding):
         self._pending: List[_Occurrences] = []
         self.router = None  # set by sharding.cafe.attach_sharded_cafe under DMP (several ranks)
         self.register_state_dict_pre_hook(_flush_before_save)
-        self.register_load_state_dict_post_hook(_drop_pending_after_load)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        # Pending importance was recorded against the state being replaced. (Not a load
+        # post-hook: DMP calls this method directly and never runs post-hooks.)
+        self._pending.clear()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _tables(self, small: List[SparseFeature], big: List[SparseFeature]) -> List[EmbeddingBagConfig]:
         tables = [full_config(f, self.dim) for f in small]

@@ -72,7 +72,7 @@ class RoundSync(Protocol):
     def sum(self, value: torch.Tensor) -> torch.Tensor: ...
 
 
-def _rebuild_free_after_load(module: "HotSketch", incompatible_keys) -> None:
+def rebuild_free(module: "HotSketch") -> None:
     """The free stack is a function of ``owner`` (sorted free slots, lowest on top): rebuild
     it, so a state saved by a differently partitioned sketch loads consistently."""
     free = torch.nonzero(module.owner < 0).squeeze(1).flip(0).to(torch.int32)
@@ -116,7 +116,12 @@ class HotSketch(nn.Module):
         self.register_buffer("free_count", torch.tensor(hot_slots, dtype=torch.int64, device=device))
         self.register_buffer("owner", torch.full((hot_slots,), -1, dtype=torch.int64, device=device))
         self.register_buffer("inserted", torch.tensor(0.0, dtype=torch.float64, device=device))
-        self.register_load_state_dict_post_hook(_rebuild_free_after_load)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Rebuild here, not in a load post-hook: DMP's load_state_dict calls this method of
+        # every unsharded module directly and never runs post-hooks.
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        rebuild_free(self)
 
     @staticmethod
     def state_bytes(buckets: int, hot_slots: int, slots: int) -> int:

@@ -32,7 +32,7 @@ from torch.distributed._shard.sharded_tensor.metadata import TensorProperties
 
 from compactrec.embeddings.base import kjt_from
 from compactrec.embeddings.cafe import HOT_TABLE, CafeEmbedding
-from compactrec.embeddings.hotsketch import HotSketch
+from compactrec.embeddings.hotsketch import HotSketch, rebuild_free
 from compactrec.hashing import hash_mod
 
 HOT_TABLE_TYPES = ["row_wise", "table_wise"]  # the hot rows must be whole on their owner
@@ -141,7 +141,7 @@ class ShardedCafeSketch:
         freed, _, _, _ = _exchange(old, owner_rank, self.world, self.pg)
         local = self.local
         local.owner[freed - self.slot_offset] = -1
-        _rebuild_free(local)
+        rebuild_free(local)
         n = min(flat.numel(), int(local.free_count))
         top = int(local.free_count)
         slots = local.free[top - n : top].flip(0).long()  # lowest free slots first
@@ -252,24 +252,10 @@ def _load_hook(module: CafeEmbedding, state: Dict, prefix: str, *args) -> None:
         state.setdefault(prefix + "sketch." + name, getattr(router.local, name))
 
 
-def _rebuild_free(sketch: HotSketch) -> None:
-    from compactrec.embeddings.hotsketch import _rebuild_free_after_load
-
-    _rebuild_free_after_load(sketch, None)
-
-
 def after_load(model: nn.Module) -> int:
-    """After a checkpoint load: rebuild every CAFE sketch's free list from its owners (DMP's
-    load_state_dict calls ``_load_from_state_dict`` directly, so load post-hooks do not
-    run), then re-home hot ids whose slots moved to another rank (only when the partition
-    changed). Collective under DMP. Returns the ids re-homed on this rank."""
-    moved = 0
-    for m in model.modules():
-        if isinstance(m, CafeEmbedding) and m.sketch is not None:
-            _rebuild_free(m.sketch)
-            if m.router is not None:
-                moved += m.router.rehome()
-    return moved
+    """After a checkpoint load: re-home hot ids whose slots moved to another rank (only when
+    the partition changed). Collective under DMP. Returns the ids re-homed on this rank."""
+    return sum(m.router.rehome() for m in model.modules() if isinstance(m, CafeEmbedding) and m.router is not None)
 
 
 def _hot_shard(module: CafeEmbedding) -> Tuple[torch.Tensor, int, int]:
