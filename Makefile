@@ -6,18 +6,25 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast bench lock clean
+.PHONY: venv demo test test-fast bench lock lock-gpu check-gpu-lock clean
 
 venv: $(STAMP)
+
+# Build tools that a source build needs, from the lock, before anything else: pip prepares
+# every requirement before it installs any, so deepspeed's sdist would otherwise be built
+# against a new venv's setuptools 65.5, which has no bdist_wheel (docs/stack.md).
+BUILD_TOOLS = $$(grep -E '^(pip|setuptools)==' requirements.lock)
 
 # --no-deps over the full lock: the resolver never runs, so nothing can pull the CUDA
 # builds of torch / fbgemm-gpu. --no-build-isolation: deepspeed's sdist builds against the
 # torch in the lock (an isolated build would download a CUDA torch).
 $(STAMP): requirements.lock setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade "pip==26.3"
+	@echo "== install: build tools, then requirements.lock (--no-deps), then the project"
+	$(PIP) install -q --no-deps $(BUILD_TOOLS)
 	$(PIP) install -q --no-deps --no-build-isolation -r requirements.lock
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) -c "import torch, torchrec, fbgemm_gpu, ray, pyarrow, triton, deepspeed, compactrec.cli; print('== installed: torch', torch.__version__, 'torchrec', torchrec.__version__, 'ray', ray.__version__)"
 	touch $(STAMP)
 
 demo: venv
@@ -33,8 +40,17 @@ bench: venv
 	OMP_NUM_THREADS=1 $(PY) benchmarks/reader.py
 
 lock: venv
-	( head -4 requirements.lock; $(PIP) freeze --all | grep -v -e "^-e" -e compactrec -e "^pip==" \
+	( head -4 requirements.lock; $(PIP) freeze --all | grep -v -e "^-e" -e compactrec \
 	  | sed 's/^torch==\(.*\)+cpu/torch==\1/' ) > requirements.lock.tmp && mv requirements.lock.tmp requirements.lock
+	$(PY) cluster/gpu_lock.py write
+
+# The CUDA lock (cluster/Dockerfile) from the CPU lock; the check resolves every pin for Linux
+# x86-64 / Python 3.11 through the registry without installing (docs/stack.md).
+lock-gpu: venv
+	$(PY) cluster/gpu_lock.py write
+
+check-gpu-lock: venv
+	$(PY) cluster/gpu_lock.py check
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -8,7 +8,7 @@ ranges below are for installs elsewhere (e.g. the CUDA image in cluster/Dockerfi
 
 from setuptools import find_packages, setup
 
-FOLDERS = ["trainer", "sharding", "kernels", "cluster", "embeddings"]
+FOLDERS = ["trainer", "data", "sharding", "kernels", "cluster", "embeddings"]
 
 
 def _packages():
@@ -26,7 +26,7 @@ setup(
     python_requires=">=3.10",
     packages=_packages(),
     package_dir={"compactrec": "compactrec", **{f"compactrec.{f}": f for f in FOLDERS}},
-    # torchrec is installed with --no-deps (its own list pulls the CUDA fbgemm-gpu): see STACK.
+    # torchrec is installed with --no-deps (its own list pulls the CUDA fbgemm-gpu): docs/stack.md.
     install_requires=[
         "torch>=2.13,<2.14",
         "torchrec>=1.8,<1.9",

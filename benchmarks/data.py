@@ -39,10 +39,10 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.csv as pcsv  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from compactrec.trainer.data.criteo import DENSE_NAMES, LABEL, SPARSE_NAMES  # noqa: E402
-from compactrec.trainer.data.criteo_convert import ConvertOptions, convert_criteo  # noqa: E402
-from compactrec.trainer.data.id_map import IdMapSpec  # noqa: E402
-from compactrec.trainer.data.manifest import read_manifest  # noqa: E402
+from compactrec.data.convert.criteo import DENSE_NAMES, LABEL, SPARSE_NAMES  # noqa: E402
+from compactrec.data.convert.criteo_convert import ConvertOptions, convert_criteo  # noqa: E402
+from compactrec.data.convert.id_map import IdMapSpec  # noqa: E402
+from compactrec.data.reader.manifest import read_manifest  # noqa: E402
 
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 
@@ -103,10 +103,10 @@ def train_samples_per_s(steps: int, batch_size: int) -> float:
     spec = importlib.util.spec_from_file_location("bench_reader", Path(__file__).with_name("reader.py"))
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    data = Path("data/bench_reader")
+    data = Path("datasets/bench_reader")
     if not (data / "_manifest.json").exists():
         from compactrec.trainer.config import SynthConfig
-        from compactrec.trainer.data.synthetic import generate
+        from compactrec.data.datasets.synthetic import generate
 
         generate(SynthConfig(rows_train=200_000, rows_eval=20_000, shards_train=4, row_group_size=65536), data)
     return mod.train_throughput(data, steps, batch_size)
@@ -114,7 +114,7 @@ def train_samples_per_s(steps: int, batch_size: int) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dir", default="data/bench_data")
+    p.add_argument("--dir", default="datasets/bench_data")
     p.add_argument("--rows", type=int, default=500_000)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--batch-size", type=int, default=2048)
@@ -125,7 +125,7 @@ def main() -> int:
     import torch
 
     from compactrec.logs import quiet_third_party
-    from compactrec.trainer.data.reader import ParquetReader
+    from compactrec.data.reader.parquet import ParquetReader
 
     quiet_third_party()
     torch.set_num_threads(1)

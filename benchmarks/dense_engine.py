@@ -67,7 +67,7 @@ def _build_model(seed: int) -> torch.nn.Module:
 def _batch(batch_size: int, seed: int):
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-    from compactrec.trainer.data.batch import Batch
+    from compactrec.data.reader.batch import Batch
 
     g = torch.Generator().manual_seed(seed)
     return Batch(

@@ -2,7 +2,7 @@
 
     python benchmarks/quality.py [--rows 1000000] [--epochs 1] [--seeds 0 1 2]
 
-Data: synthetic Criteo-shaped shards (``trainer/data/synthetic.py``) whose labels come from a
+Data: synthetic Criteo-shaped shards (``data/datasets/synthetic.py``) whose labels come from a
 planted teacher, so the Bayes AUC (the teacher's own AUC) is known. Each method is trained
 with the same model, optimizer and data (local launcher, 1 worker, 1 thread); a ratio a
 method cannot reach is recorded as such (its planner says its maximum). Output: the AUC,
@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from compactrec.cluster.sweep import run_sweep  # noqa: E402
 from compactrec.logs import quiet_third_party  # noqa: E402
 from compactrec.trainer.config import load_config  # noqa: E402
-from compactrec.trainer.io import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
+from compactrec.io import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
 
 METHODS = ["full", "hash", "qr", "memcom", "mixed_dim", "cafe"]
 RATIOS = [4, 16, 64, 256]
@@ -112,7 +112,7 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=METHODS)
     p.add_argument("--ratios", type=int, nargs="+", default=RATIOS)
-    p.add_argument("--data", default="data/bench_quality")
+    p.add_argument("--data", default="datasets/bench_quality")
     args = p.parse_args()
     quiet_third_party()
     rows: List[Dict[str, Any]] = []

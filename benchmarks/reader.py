@@ -31,9 +31,9 @@ import torch  # noqa: E402
 
 from compactrec.logs import quiet_third_party  # noqa: E402
 from compactrec.trainer.config import SynthConfig, load_config  # noqa: E402
-from compactrec.trainer.data.manifest import manifest_path, read_manifest  # noqa: E402
-from compactrec.trainer.data.reader import ParquetReader  # noqa: E402
-from compactrec.trainer.data.synthetic import generate  # noqa: E402
+from compactrec.data.reader.manifest import manifest_path, read_manifest  # noqa: E402
+from compactrec.data.reader.parquet import ParquetReader  # noqa: E402
+from compactrec.data.datasets.synthetic import generate  # noqa: E402
 
 
 def whole_file_pass(files, columns, batch_size) -> int:
@@ -66,7 +66,7 @@ def train_throughput(data: Path, steps: int, batch_size: int) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data/bench_reader")
+    p.add_argument("--data", default="datasets/bench_reader")
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=5)

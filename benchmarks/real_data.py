@@ -56,11 +56,11 @@ from compactrec.embeddings.budget import BudgetError  # noqa: E402
 from compactrec.sharding.env import DistEnv, close_process_group, current_env, free_port, init_process_group  # noqa: E402
 from compactrec.sharding.shard import shard_model  # noqa: E402
 from compactrec.trainer.config import RunConfig, load_config, with_overrides  # noqa: E402
-from compactrec.trainer.data.batch import Batch  # noqa: E402
-from compactrec.trainer.data.manifest import FeatureSchema, Manifest, manifest_path, read_manifest  # noqa: E402
-from compactrec.trainer.data.side_tables import read_ranking_spec  # noqa: E402
+from compactrec.data.reader.batch import Batch  # noqa: E402
+from compactrec.data.reader.manifest import FeatureSchema, Manifest, manifest_path, read_manifest  # noqa: E402
+from compactrec.data.datasets.side_tables import read_ranking_spec  # noqa: E402
 from compactrec.trainer.dense_engine import build_dense_engine  # noqa: E402
-from compactrec.trainer.io import atomic_write_json, atomic_write_text  # noqa: E402
+from compactrec.io import atomic_write_json, atomic_write_text  # noqa: E402
 from compactrec.trainer.loop import build_train_model, make_readers  # noqa: E402
 from compactrec.trainer.metrics import ctr_metrics  # noqa: E402
 from compactrec.trainer.model import embedding_module  # noqa: E402
@@ -84,8 +84,8 @@ CLAIMS = [
 
 def prepare_data(data: Optional[str]) -> Path:
     """The converted data set: ``data`` if given, else the user cache (never the repo)."""
-    from compactrec.trainer.data.movielens import convert_ml100k
-    from compactrec.trainer.data.recbole_wheel import cache_dir, fetch_ml100k
+    from compactrec.data.datasets.movielens import convert_ml100k
+    from compactrec.data.datasets.recbole_wheel import cache_dir, fetch_ml100k
 
     root = Path(data) if data else cache_dir() / "movielens-100k"
     if not manifest_path(root).exists():
@@ -209,7 +209,7 @@ def _splits(cands: Dict[str, Candidates]) -> List[str]:
 def warm_candidates(root: Path, manifest: Manifest, cands: Candidates, user_key: str) -> Candidates:
     """The candidates of positives whose user has at least one TRAIN rating (a "warm" user);
     with a time split most test users are new (their id rows never trained)."""
-    from compactrec.trainer.data import fs
+    from compactrec.data.reader import fs
 
     seen = np.unique(np.concatenate([fs.open_parquet(f).read(columns=[user_key]).column(user_key).to_numpy()
                                      for f in manifest.split_files(root, "train")]))

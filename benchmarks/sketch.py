@@ -28,8 +28,8 @@ from compactrec.embeddings.accounting import full_embedding_bytes  # noqa: E402
 from compactrec.embeddings.cafe import plan_cafe  # noqa: E402
 from compactrec.embeddings.hotsketch import HotSketch  # noqa: E402
 from compactrec.trainer.config import CafeConfig, SynthConfig  # noqa: E402
-from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature  # noqa: E402
-from compactrec.trainer.data.synthetic import synthetic_cardinalities  # noqa: E402
+from compactrec.data.reader.manifest import FeatureSchema, SparseFeature  # noqa: E402
+from compactrec.data.datasets.synthetic import synthetic_cardinalities  # noqa: E402
 
 
 def zipf_batches(cards, batch: int, count: int, seed: int = 0):

@@ -32,7 +32,7 @@ METHODS = ["full", "hash", "qr", "memcom", "mixed_dim", "cafe"]
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data/demo")
+    p.add_argument("--data", default="datasets/demo")
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--ratio", type=float, default=16)
     p.add_argument("--rounds", type=int, default=7)
@@ -49,8 +49,8 @@ def main() -> int:
     from compactrec.sharding.env import DistEnv, free_port, init_process_group
     from compactrec.sharding.shard import shard_model
     from compactrec.trainer.config import load_config
-    from compactrec.trainer.data.manifest import read_manifest
-    from compactrec.trainer.data.reader import ParquetReader
+    from compactrec.data.reader.manifest import read_manifest
+    from compactrec.data.reader.parquet import ParquetReader
     from compactrec.trainer.loop import build_train_model
     from compactrec.trainer.optim import build_optimizer
 

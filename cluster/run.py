@@ -24,11 +24,11 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
 
 def ensure_data(cfg: RunConfig) -> None:
     """Generate the synthetic data set when the config asks for it and it is absent."""
-    from compactrec.trainer.data.manifest import manifest_path
+    from compactrec.data.reader.manifest import manifest_path
 
     if "://" in cfg.data.path or manifest_path(cfg.data.path).exists() or not cfg.data.synthesize_if_missing:
         return
-    from compactrec.trainer.data.synthetic import generate
+    from compactrec.data.datasets.synthetic import generate
 
     print(f"compactrec: generating synthetic data in {cfg.data.path}", flush=True)
     generate(cfg.synth, cfg.data.path)
@@ -36,7 +36,7 @@ def ensure_data(cfg: RunConfig) -> None:
 
 def check_data(cfg: RunConfig) -> None:
     """Fail in the driver, before any worker starts, if the data set is not usable."""
-    from compactrec.trainer.data.manifest import read_manifest
+    from compactrec.data.reader.manifest import read_manifest
 
     manifest = read_manifest(cfg.data.path)
     for split in (cfg.data.train_split, cfg.data.eval_split):

@@ -246,7 +246,7 @@ def _render(args: argparse.Namespace, cfg: RunConfig) -> int:
     if args.output == "-":
         sys.stdout.write(text)
     else:
-        from compactrec.trainer.io import atomic_write_text
+        from compactrec.io import atomic_write_text
 
         atomic_write_text(args.output, text)
         _say(f"wrote {args.output}: kubectl apply -f {args.output}")

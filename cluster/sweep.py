@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from compactrec.trainer.config import ConfigError, RunConfig, load_config, with_overrides
-from compactrec.trainer.io import atomic_write, atomic_write_text
+from compactrec.io import atomic_write, atomic_write_text
 from compactrec.trainer.summary import summary_table
 
 Point = Dict[str, Any]

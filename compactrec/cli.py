@@ -23,7 +23,7 @@ from compactrec.trainer.config import ConfigError, load_config
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from compactrec.trainer.data.synthetic import generate
+    from compactrec.data.datasets.synthetic import generate
 
     overrides = [o if o.startswith("synth.") else f"synth.{o}" for o in args.overrides]
     cfg = load_config(args.config, overrides)
@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     from compactrec.cluster.sweep import add_parser as add_sweep_parser
 
     from compactrec.sharding.plan_report import add_parser as add_plan_parser
-    from compactrec.trainer.data.convert_cli import add_parser as add_convert_parser
-    from compactrec.trainer.data.data_cli import add_parser as add_data_parser
+    from compactrec.data.convert.cli import add_parser as add_convert_parser
+    from compactrec.data.datasets.cli import add_parser as add_data_parser
 
     add_submit_parser(sub)
     add_sweep_parser(sub)

@@ -12,7 +12,7 @@ from typing import Dict
 
 from torch import nn
 
-from compactrec.trainer.data.manifest import FeatureSchema
+from compactrec.data.reader.manifest import FeatureSchema
 
 FP32 = 4
 

@@ -8,7 +8,7 @@ TorchRec collections (``EmbeddingBagCollection`` / ``EmbeddingCollection``), so 
 the lookups and DMP can shard the tables.
 
 Features with few ids (``small_field_rows``) keep a full table: compressing them saves
-nothing and costs accuracy (ALGORITHMS.md, CAFE).
+nothing and costs accuracy (docs/methods.md, CAFE).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature
+from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
 
 
 def split_features(schema: FeatureSchema, small_field_rows: int) -> Tuple[List[SparseFeature], List[SparseFeature]]:

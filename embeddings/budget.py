@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional
 
 from compactrec.embeddings.accounting import FP32, full_embedding_bytes
 from compactrec.trainer.config import CompressionConfig
-from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature
+from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
 
 
 class BudgetError(ValueError):

@@ -54,7 +54,7 @@ from compactrec.embeddings.budget import BudgetError, full_table_bytes, proporti
 from compactrec.embeddings.hotsketch import SCALAR_BYTES, HotSketch
 from compactrec.hashing import hash_mod
 from compactrec.trainer.config import CafeConfig
-from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature
+from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
 
 HOT_TABLE = "cafe_hot"
 

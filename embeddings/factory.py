@@ -15,7 +15,7 @@ from compactrec.embeddings.budget import budget_bytes
 from compactrec.embeddings.full import build_full
 from compactrec.embeddings.mixed_dim import CountsFn
 from compactrec.trainer.config import CompressionConfig, EmbeddingConfig
-from compactrec.trainer.data.manifest import FeatureSchema
+from compactrec.data.reader.manifest import FeatureSchema
 
 
 def _budget(compression: CompressionConfig, schema: FeatureSchema, dim: int) -> Optional[int]:

@@ -26,7 +26,7 @@ from compactrec.embeddings.base import CompressedEmbedding, full_config, is_loca
 from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
 from compactrec.hashing import hash_mod
 from compactrec.trainer.config import HashConfig
-from compactrec.trainer.data.manifest import FeatureSchema
+from compactrec.data.reader.manifest import FeatureSchema
 
 
 @dataclass

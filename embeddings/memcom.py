@@ -14,7 +14,7 @@ Layout: the scale table is stored ``pack`` (default 4) entities per row, shape
 on GPU and that TorchRec shards row-wise like any large table; w[i] is element i % pack of
 row i // pack. With rowwise Adagrad the ``pack`` entities of a row share one accumulator
 (a documented approximation; elementwise optimizers are unaffected).
-Per-sample weights of a weighted EBC are not differentiable across ranks (STACK.md), so the
+Per-sample weights of a weighted EBC are not differentiable across ranks (docs/stack.md), so the
 scale is looked up as its own unpooled collection and applied per id before pooling.
 
 Example::
@@ -39,7 +39,7 @@ from compactrec.embeddings.base import CompressedEmbedding, full_config, is_loca
 from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
 from compactrec.hashing import hash_mod
 from compactrec.trainer.config import MemComConfig
-from compactrec.trainer.data.manifest import FeatureSchema
+from compactrec.data.reader.manifest import FeatureSchema
 
 
 @dataclass

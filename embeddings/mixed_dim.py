@@ -55,7 +55,7 @@ from compactrec.embeddings.base import (
 )
 from compactrec.embeddings.budget import BudgetError, bisect, full_table_bytes
 from compactrec.trainer.config import MixedDimConfig
-from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature
+from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
 
 CountsFn = Callable[[], Dict[str, np.ndarray]]
 ALPHA_MAX = 16.0

@@ -33,7 +33,7 @@ from compactrec.embeddings.accounting import FP32
 from compactrec.embeddings.base import CompressedEmbedding, full_config, is_local, kjt_from, split_features, sum_pool
 from compactrec.embeddings.budget import BudgetError, bisect, full_table_bytes
 from compactrec.trainer.config import QRConfig
-from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature
+from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
 
 
 @dataclass

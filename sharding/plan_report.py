@@ -20,7 +20,7 @@ from torch import nn
 from torchrec.distributed.types import ShardingPlan
 
 from compactrec.trainer.config import RunConfig, load_config
-from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature, manifest_path, read_manifest
+from compactrec.data.reader.manifest import FeatureSchema, SparseFeature, manifest_path, read_manifest
 
 GB = 1024**3
 # Sparse optimizer state in bytes per (row, column) of a shard: (per row, per element)
@@ -40,8 +40,8 @@ def plan_schema(cfg: RunConfig) -> Tuple[FeatureSchema, str]:
     for ``cfg.synth`` (e.g. Criteo-TB's real cardinalities with scale 1)."""
     if "://" not in cfg.data.path and manifest_path(cfg.data.path).exists():
         return read_manifest(cfg.data.path).schema, f"manifest {manifest_path(cfg.data.path)}"
-    from compactrec.trainer.data import criteo
-    from compactrec.trainer.data.synthetic import synthetic_cardinalities
+    from compactrec.data.convert import criteo
+    from compactrec.data.datasets.synthetic import synthetic_cardinalities
 
     cards = synthetic_cardinalities(cfg.synth)
     sparse = tuple(SparseFeature(n, c) for n, c in zip(criteo.SPARSE_NAMES, cards))

@@ -1,7 +1,7 @@
 """Planning the sharding of every embedding table: constraints, storage, a printable plan.
 
 - Constraints: every table gets FBGEMM's fused kernel and the requested sharding types its
-  module supports. CPU trap (STACK.md): a table the planner puts data-parallel with the
+  module supports. CPU trap (docs/stack.md): a table the planner puts data-parallel with the
   dense kernel is never updated on CPU, so data_parallel is never offered; the stock
   sharders offer row_wise / table_row_wise only on CUDA, ours on CPU too (FBGEMM's CPU
   kernels run them exactly).

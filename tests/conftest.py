@@ -18,7 +18,7 @@ from compactrec.logs import quiet_third_party  # noqa: E402
 quiet_third_party()
 
 from compactrec.trainer.config import SynthConfig  # noqa: E402
-from compactrec.trainer.data.synthetic import generate  # noqa: E402
+from compactrec.data.datasets.synthetic import generate  # noqa: E402
 
 TINY = dict(
     rows_train=4096,

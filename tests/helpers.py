@@ -7,7 +7,7 @@ from typing import List
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from compactrec.trainer.data.batch import Batch
+from compactrec.data.reader.batch import Batch
 
 
 def slice_batch(batch: Batch, start: int, stop: int) -> Batch:

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from compactrec.trainer.io import atomic_write_json, atomic_write_text
+from compactrec.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 PREFIX = "step_"

@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class SynthConfig:
-    """Synthetic Criteo-shaped data with a planted teacher (see ``trainer/data/synthetic.py``)."""
+    """Synthetic Criteo-shaped data with a planted teacher (see ``data/datasets/synthetic.py``)."""
 
     rows_train: int = 160_000
     rows_eval: int = 40_000
@@ -52,7 +52,7 @@ class SynthConfig:
 class DataConfig:
     """Where the Parquet shards are and how ranks read them."""
 
-    path: str = "data/demo"  # a folder with _manifest.json and one sub-folder per split
+    path: str = "datasets/demo"  # a folder with _manifest.json and one sub-folder per split
     train_split: str = "train"
     eval_split: str = "eval"
     batch_size: int = 512  # per rank
@@ -371,6 +371,6 @@ def with_overrides(cfg: RunConfig, overrides: Dict[str, Any]) -> RunConfig:
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    from compactrec.trainer.io import atomic_write_text
+    from compactrec.io import atomic_write_text
 
     atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)))

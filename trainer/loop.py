@@ -22,12 +22,12 @@ from compactrec.sharding.env import DistEnv, all_gather_object, all_reduce_sum
 from compactrec.sharding.shard import shard_model
 from compactrec.trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from compactrec.trainer.config import RunConfig, config_to_dict, save_config
-from compactrec.trainer.data.id_counts import count_ids
-from compactrec.trainer.data.manifest import Manifest, read_manifest
-from compactrec.trainer.data.reader import ParquetReader
-from compactrec.trainer.data.side_tables import read_ranking_spec
+from compactrec.data.reader.id_counts import count_ids
+from compactrec.data.reader.manifest import Manifest, read_manifest
+from compactrec.data.reader.parquet import ParquetReader
+from compactrec.data.datasets.side_tables import read_ranking_spec
 from compactrec.trainer.dense_engine import build_dense_engine, check_dense_engine
-from compactrec.trainer.io import atomic_write_json
+from compactrec.io import atomic_write_json
 from compactrec.trainer.metrics import ctr_metrics, ctr_metrics_from_sums, ctr_sums
 from compactrec.trainer.model import build_model, embedding_module
 from compactrec.trainer.ranking import dlrm_scorer, ranking_metrics

@@ -5,7 +5,7 @@ The sparse optimizer is attached to the embedding parameters *before* sharding
 update rows during backward, so table gradients never materialize. Unsharded (a reference
 model in tests) the same class runs as a per-parameter torch optimizer in backward.
 Rowwise Adagrad for the tables and Adagrad for the dense part are the DLRM defaults
-(ALGORITHMS.md: plain SGD leaves every method at chance on real data).
+(docs/methods.md: plain SGD leaves every method at chance on real data).
 """
 
 from __future__ import annotations

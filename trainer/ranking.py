@@ -27,7 +27,7 @@ on one process with an unsharded model. Sums are gathered, every rank returns th
 
 Example::
 
-    m = ranking_metrics(dlrm_scorer(model, env.device), "data/movielens", manifest, "test", env)
+    m = ranking_metrics(dlrm_scorer(model, env.device), "datasets/movielens", manifest, "test", env)
     m["ndcg@10"], m["hr@10"]
 """
 
@@ -44,10 +44,10 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from compactrec.sharding.env import DistEnv, all_gather_object
-from compactrec.trainer.data import fs
-from compactrec.trainer.data.batch import Batch
-from compactrec.trainer.data.manifest import FeatureSchema, Manifest
-from compactrec.trainer.data.side_tables import RankingSpec, SideColumns, check_spec, load_side, read_ranking_spec
+from compactrec.data.reader import fs
+from compactrec.data.reader.batch import Batch
+from compactrec.data.reader.manifest import FeatureSchema, Manifest
+from compactrec.data.datasets.side_tables import RankingSpec, SideColumns, check_spec, load_side, read_ranking_spec
 
 Scorer = Callable[[Batch], torch.Tensor]  # batch of B rows -> logits (B,)
 

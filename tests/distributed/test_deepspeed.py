@@ -65,8 +65,8 @@ def _ranks(rank: int, world: int, data: str, out: str) -> None:
     from compactrec.sharding.state import load_full_state_dict
     from compactrec.trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint
     from compactrec.trainer.config import load_config
-    from compactrec.trainer.data.manifest import read_manifest
-    from compactrec.trainer.data.reader import ParquetReader
+    from compactrec.data.reader.manifest import read_manifest
+    from compactrec.data.reader.parquet import ParquetReader
     from compactrec.trainer.dense_engine import build_dense_engine
     from compactrec.trainer.loop import build_train_model
     from compactrec.trainer.optim import build_optimizer

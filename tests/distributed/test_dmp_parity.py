@@ -50,8 +50,8 @@ def _one(rank: int, world: int, data: str, method: str, sharding: str):
     from compactrec.sharding.shard import shard_model
     from compactrec.sharding.state import load_full_state_dict, local_shards
     from compactrec.trainer.config import load_config
-    from compactrec.trainer.data.manifest import read_manifest
-    from compactrec.trainer.data.reader import ParquetReader
+    from compactrec.data.reader.manifest import read_manifest
+    from compactrec.data.reader.parquet import ParquetReader
     from compactrec.trainer.loop import build_train_model
     from compactrec.trainer.optim import build_optimizer
 

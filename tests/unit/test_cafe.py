@@ -17,8 +17,8 @@ from compactrec.embeddings.factory import build_embeddings
 from compactrec.embeddings.full import full_tables
 from compactrec.hashing import hash_mod
 from compactrec.trainer.config import CafeConfig, CompressionConfig, EmbeddingConfig, OptimConfig, SynthConfig
-from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature
-from compactrec.trainer.data.synthetic import synthetic_cardinalities
+from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
+from compactrec.data.datasets.synthetic import synthetic_cardinalities
 from compactrec.trainer.optim import apply_sparse_optimizer
 
 DIM, SMALL = 8, 10

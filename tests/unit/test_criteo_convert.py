@@ -16,13 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from compactrec.trainer.data.convert_cli import add_parser
-from compactrec.trainer.data.criteo_convert import ConvertError, ConvertOptions, convert_criteo
-from compactrec.trainer.data.freq_count import count_criteo
-from compactrec.trainer.data.id_map import IdMapSpec
-from compactrec.trainer.data.manifest import read_manifest
-from compactrec.trainer.data.pieces import MalformedLineError
-from compactrec.trainer.data.reader import ParquetReader
+from compactrec.data.convert.cli import add_parser
+from compactrec.data.convert.criteo_convert import ConvertError, ConvertOptions, convert_criteo
+from compactrec.data.convert.freq_count import count_criteo
+from compactrec.data.convert.id_map import IdMapSpec
+from compactrec.data.reader.manifest import read_manifest
+from compactrec.data.convert.pieces import MalformedLineError
+from compactrec.data.reader.parquet import ParquetReader
 
 SMALL = dict(piece_bytes=3000, block_bytes=700, row_group_rows=16, progress=False)  # many pieces and blocks
 BAD = {  # line index -> (malformed text, reason pattern)
@@ -252,7 +252,7 @@ def test_convert_command_on_two_workers(tmp_path: Path, capsys):
 
 
 def test_parse_keeps_line_numbers_with_stray_bytes_and_carriage_returns():
-    from compactrec.trainer.data.criteo_tsv import parse_block
+    from compactrec.data.convert.criteo_tsv import parse_block
 
     good = "\t".join(["1"] + ["2"] * 13 + ["0000000a"] * 26).encode()
     block = b"\n".join([

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = sorted((REPO / "configs" / "cluster").glob("*.yaml"))
 DEMO = REPO / "configs" / "methods" / "full.yaml"
 # The CRD as published by KubeRay (Apache-2.0), ray-operator/config/crd/bases/ at v1.7.0.
-CRD_CANDIDATES = [REPO / "tests" / "data" / "kuberay-rayjob-crd.yaml", Path("/work/shared/schemas/kuberay-rayjob-crd.yaml")]
+CRD_CANDIDATES = [REPO / "tests" / "data" / "kuberay-rayjob-crd.yaml"]
 INT_RANGE = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 
 
@@ -364,7 +364,7 @@ def test_submit_k8s_writes_a_valid_manifest(tmp_path: Path, crd_validator, capsy
     shipped.write_text(env["env_vars"][CONFIG_ENV])
     cfg = load_config(shipped)  # the shipped run is a complete, valid run config
     assert cfg.trainer.max_steps == 7 and cfg.cluster.num_workers == 6
-    assert cfg.data.path == "/mnt/compactrec/data/demo" and cfg.runs_dir == "/mnt/compactrec/runs"
+    assert cfg.data.path == "/mnt/compactrec/datasets/demo" and cfg.runs_dir == "/mnt/compactrec/runs"
     assert "kubectl apply -f" in capsys.readouterr().err
 
 

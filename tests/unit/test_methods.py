@@ -28,7 +28,7 @@ from compactrec.trainer.config import (
     QRConfig,
     load_config,
 )
-from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature
+from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
 
 DIM = 6  # not a power of two on purpose
 SCHEMA = FeatureSchema(
@@ -288,8 +288,8 @@ def test_mixed_dim_row_blocks_rank_ids_by_frequency():
 
 def _demo_schema() -> FeatureSchema:
     from compactrec.trainer.config import SynthConfig
-    from compactrec.trainer.data import criteo
-    from compactrec.trainer.data.synthetic import synthetic_cardinalities
+    from compactrec.data.convert import criteo
+    from compactrec.data.datasets.synthetic import synthetic_cardinalities
 
     cards = synthetic_cardinalities(SynthConfig())
     return FeatureSchema("label", tuple(criteo.DENSE_NAMES), tuple(SparseFeature(n, c) for n, c in zip(criteo.SPARSE_NAMES, cards)))

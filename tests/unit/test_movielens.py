@@ -16,11 +16,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from compactrec.trainer.data.data_cli import add_parser
-from compactrec.trainer.data.manifest import read_manifest
-from compactrec.trainer.data.movielens import convert_ml100k, encode, vocabulary
-from compactrec.trainer.data.recbole_wheel import FetchError, fetch_ml100k
-from compactrec.trainer.data.side_tables import check_spec, read_ranking_spec
+from compactrec.data.datasets.cli import add_parser
+from compactrec.data.reader.manifest import read_manifest
+from compactrec.data.datasets.movielens import convert_ml100k, encode, vocabulary
+from compactrec.data.datasets.recbole_wheel import FetchError, fetch_ml100k
+from compactrec.data.datasets.side_tables import check_spec, read_ranking_spec
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,9 +12,9 @@ import torch
 
 from compactrec.sharding.env import DistEnv
 from compactrec.trainer.config import load_config
-from compactrec.trainer.data.manifest import read_manifest
-from compactrec.trainer.data.reader import ParquetReader
-from compactrec.trainer.data.side_tables import load_side, read_ranking_spec
+from compactrec.data.reader.manifest import read_manifest
+from compactrec.data.reader.parquet import ParquetReader
+from compactrec.data.datasets.side_tables import load_side, read_ranking_spec
 from compactrec.trainer.ranking import (
     build_candidates,
     candidate_batch,

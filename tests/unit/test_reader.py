@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from compactrec.trainer.data.manifest import FeatureSchema, SparseFeature, read_manifest
-from compactrec.trainer.data.reader import DataError, ParquetReader
+from compactrec.data.reader.manifest import FeatureSchema, SparseFeature, read_manifest
+from compactrec.data.reader.parquet import DataError, ParquetReader
 
 
 def _reader(root: Path, split: str = "train", **kw) -> ParquetReader:

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import torch
 
 from compactrec.trainer.config import SynthConfig
-from compactrec.trainer.data import criteo
-from compactrec.trainer.data.manifest import read_manifest
-from compactrec.trainer.data.synthetic import Teacher, synthetic_cardinalities
+from compactrec.data.convert import criteo
+from compactrec.data.reader.manifest import read_manifest
+from compactrec.data.datasets.synthetic import Teacher, synthetic_cardinalities
 from compactrec.trainer.metrics import auc
 from tests.conftest import make_data
 

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from compactrec.hashing import splitmix64_np  # numpy only: conversion workers do not import torch
-from compactrec.trainer.data.criteo import SPARSE_NAMES
+from compactrec.data.convert.criteo import SPARSE_NAMES
 
 KINDS = ("raw", "hash", "freq")
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class IdMap:
         self.overflow: List[Optional[int]] = [None] * len(SPARSE_NAMES)
         self._tables: List[Any] = []
         if spec.kind == "freq":
-            from compactrec.trainer.data.freq_count import load_table
+            from compactrec.data.convert.freq_count import load_table
 
             for f, name in enumerate(SPARSE_NAMES):
                 table = load_table(spec.counts_dir, name)  # type: ignore[arg-type]

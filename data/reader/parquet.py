@@ -40,13 +40,13 @@ import pyarrow.parquet as pq
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from compactrec.trainer.data import fs
-from compactrec.trainer.data import plan as plans
-from compactrec.trainer.data.batch import Batch
-from compactrec.trainer.data.columns import DataError, RowBlock, Segment, check_schema, convert, gather
-from compactrec.trainer.data.manifest import FeatureSchema
-from compactrec.trainer.data.plan import Cursor, RowGroupRef
-from compactrec.trainer.data.prefetch import prefetch
+from compactrec.data.reader import fs
+from compactrec.data.reader import plan as plans
+from compactrec.data.reader.batch import Batch
+from compactrec.data.reader.columns import DataError, RowBlock, Segment, check_schema, convert, gather
+from compactrec.data.reader.manifest import FeatureSchema
+from compactrec.data.reader.plan import Cursor, RowGroupRef
+from compactrec.data.reader.prefetch import prefetch
 
 __all__ = ["ParquetReader", "RowGroupRef", "DataError", "Cursor"]
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from compactrec.trainer.data.criteo_tsv import BadLine, Columns, count_lines, parse_block
-from compactrec.trainer.data.parallel import Report
-from compactrec.trainer.data.text_input import Source, count_line_starts, read_gz, read_plain
+from compactrec.data.convert.criteo_tsv import BadLine, Columns, count_lines, parse_block
+from compactrec.data.convert.parallel import Report
+from compactrec.data.convert.text_input import Source, count_line_starts, read_gz, read_plain
 
 MARKERS = ".convert"
 MAX_EXAMPLES = 20  # bad lines kept per piece with their text

@@ -39,9 +39,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from compactrec.trainer.data.manifest import FeatureSchema, Manifest, SparseFeature, SplitInfo, write_manifest
-from compactrec.trainer.data.side_tables import RankingSpec, SideTableSpec, add_ranking_section
-from compactrec.trainer.io import atomic_write, atomic_write_text
+from compactrec.data.reader.manifest import FeatureSchema, Manifest, SparseFeature, SplitInfo, write_manifest
+from compactrec.data.datasets.side_tables import RankingSpec, SideTableSpec, add_ranking_section
+from compactrec.io import atomic_write, atomic_write_text
 
 USER_FEATURES = ("user_id", "gender", "age", "occupation", "zip_code")
 ITEM_FEATURES = ("item_id", "release_year", "genres")

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from compactrec.trainer.data.manifest import FeatureSchema
+from compactrec.data.reader.manifest import FeatureSchema
 
 
 def count_ids(files: Sequence[str], schema: FeatureSchema, max_rows: int) -> Dict[str, np.ndarray]:

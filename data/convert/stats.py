@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from compactrec.trainer.data import hll
-from compactrec.trainer.data.criteo import DENSE_NAMES, SPARSE_NAMES
+from compactrec.data.convert import hll
+from compactrec.data.convert.criteo import DENSE_NAMES, SPARSE_NAMES
 
 
 def _dense_stats(col: pa.ChunkedArray) -> Dict[str, Any]:

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from compactrec.trainer.data import fs
-from compactrec.trainer.io import atomic_write_json
+from compactrec.data.reader import fs
+from compactrec.io import atomic_write_json
 
 MANIFEST_NAME = "_manifest.json"
 FORMAT = "compactrec-data/1"
@@ -64,7 +64,7 @@ class Manifest:
     schema: FeatureSchema
     splits: Dict[str, SplitInfo]
     stats: Dict[str, Any] = field(default_factory=dict)
-    ranking: Optional[Dict[str, Any]] = None  # user/item side tables (trainer/data/side_tables.py)
+    ranking: Optional[Dict[str, Any]] = None  # user/item side tables (data/datasets/side_tables.py)
 
     def split_files(self, root: str | Path, split: str) -> List[str]:
         """The split's shards as paths under ``root`` (a local folder or a URI)."""

@@ -26,14 +26,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from compactrec.trainer.data.convert_piece import save_array
-from compactrec.trainer.data.criteo import SPARSE_NAMES
-from compactrec.trainer.data.parallel import Report, run_tasks
-from compactrec.trainer.data.pieces import (
+from compactrec.data.convert.piece import save_array
+from compactrec.data.convert.criteo import SPARSE_NAMES
+from compactrec.data.convert.parallel import Report, run_tasks
+from compactrec.data.convert.pieces import (
     MARKERS, BadLines, PieceJob, file_marker_path, iter_pieces, marker_path, parsed, piece_name, plan_jobs,
 )
-from compactrec.trainer.data.text_input import source
-from compactrec.trainer.io import atomic_write, atomic_write_json
+from compactrec.data.convert.text_input import source
+from compactrec.io import atomic_write, atomic_write_json
 
 COUNTS_NAME = "_counts.json"
 COUNTS_FORMAT = "compactrec-counts/1"

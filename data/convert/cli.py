@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any
 
-from compactrec.trainer.data.criteo_splits import MODES
+from compactrec.data.convert.criteo_splits import MODES
 
 _MB = 1 << 20
 
@@ -62,7 +62,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _id_map_spec(args: argparse.Namespace):
-    from compactrec.trainer.data.id_map import IdMapSpec
+    from compactrec.data.convert.id_map import IdMapSpec
 
     kind = args.id_map
     if args.freq_map is not None:
@@ -75,15 +75,15 @@ def _id_map_spec(args: argparse.Namespace):
 
 
 def _errors():
-    from compactrec.trainer.data.criteo_convert import ConvertError
-    from compactrec.trainer.data.pieces import MalformedLineError
-    from compactrec.trainer.data.text_input import TextError
+    from compactrec.data.convert.criteo_convert import ConvertError
+    from compactrec.data.convert.pieces import MalformedLineError
+    from compactrec.data.convert.text_input import TextError
 
     return (ConvertError, MalformedLineError, TextError, ValueError, FileNotFoundError)
 
 
 def _cmd_criteo(args: argparse.Namespace) -> int:
-    from compactrec.trainer.data.criteo_convert import ConvertOptions, convert_criteo
+    from compactrec.data.convert.criteo_convert import ConvertOptions, convert_criteo
 
     try:
         opts = ConvertOptions(
@@ -111,7 +111,7 @@ def _print_malformed(bad: dict) -> None:
 
 
 def _cmd_count(args: argparse.Namespace) -> int:
-    from compactrec.trainer.data.freq_count import count_criteo
+    from compactrec.data.convert.freq_count import count_criteo
 
     try:
         summary = count_criteo(

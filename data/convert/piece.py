@@ -13,7 +13,6 @@ byte-identical to the one an uninterrupted run writes.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,13 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from compactrec.trainer.data.convert_stats import ColumnStats
-from compactrec.trainer.data.criteo import DENSE_NAMES, LABEL, SPARSE_NAMES
-from compactrec.trainer.data.criteo_tsv import Columns
-from compactrec.trainer.data.id_map import IdMap, IdMapSpec
-from compactrec.trainer.data.parallel import Report
-from compactrec.trainer.data.pieces import BadLines, PieceJob, iter_pieces, marker_path, parsed, piece_name
-from compactrec.trainer.io import atomic_write, atomic_write_json
+from compactrec.data.convert.stats import ColumnStats
+from compactrec.data.convert.criteo import DENSE_NAMES, LABEL, SPARSE_NAMES
+from compactrec.data.convert.criteo_tsv import Columns
+from compactrec.data.convert.id_map import IdMap, IdMapSpec
+from compactrec.data.convert.parallel import Report
+from compactrec.data.convert.pieces import BadLines, PieceJob, iter_pieces, marker_path, parsed, piece_name
+from compactrec.io import atomic_write, atomic_write_json, temp_path
 
 SCHEMA = pa.schema(
     [pa.field(LABEL, pa.int8(), nullable=False)]
@@ -58,9 +57,7 @@ class ShardWriter:
 
     def __init__(self, path: Path, rows_per_group: int, compression: str) -> None:
         self.path, self.rows_per_group = path, rows_per_group
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        self.tmp = temp_path(path)
         # Small dictionaries only: a high-cardinality id column gives up on dictionary
         # encoding after 64 KiB instead of 1 MiB (2.5x faster writes on raw Criteo ids).
         self.writer = pq.ParquetWriter(

@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path
 from typing import Dict, Optional
 
-from compactrec.trainer.io import atomic_write
+from compactrec.io import atomic_write
 
 REQUIREMENT = "recbole==1.2.1"
 MEMBER_DIR = "recbole/dataset_example/ml-100k/"

@@ -17,8 +17,8 @@ whatever the features are: nothing here knows about MovieLens.
 
 Example::
 
-    spec = read_ranking_spec("data/movielens")      # None if the data set has no ranking section
-    users = load_side("data/movielens", spec.user, manifest.schema)
+    spec = read_ranking_spec("datasets/movielens")      # None if the data set has no ranking section
+    users = load_side("datasets/movielens", spec.user, manifest.schema)
     users.onehot["gender"].shape                    # (943,)
 """
 
@@ -32,9 +32,9 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 
-from compactrec.trainer.data import fs
-from compactrec.trainer.data.manifest import MANIFEST_NAME, FeatureSchema
-from compactrec.trainer.io import atomic_write_json
+from compactrec.data.reader import fs
+from compactrec.data.reader.manifest import MANIFEST_NAME, FeatureSchema
+from compactrec.io import atomic_write_json
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from compactrec.trainer.data.criteo import DENSE_NAMES, LABEL, SPARSE_NAMES
+from compactrec.data.convert.criteo import DENSE_NAMES, LABEL, SPARSE_NAMES
 
 NUM_FIELDS = 1 + len(DENSE_NAMES) + len(SPARSE_NAMES)
 NAMES = [LABEL, *DENSE_NAMES, *SPARSE_NAMES]

@@ -7,7 +7,7 @@ MovieLens-100K comes from the ``recbole==1.2.1`` wheel on PyPI at run time (``pi
 --no-deps``; the MovieLens terms forbid redistribution, so the data is never committed), is
 cached per user (``~/.cache/compactrec`` or ``$COMPACTREC_CACHE``) and converted: label
 rating >= 4, user/item/side features as sparse ids, a time-ordered 80/10/10 split, side
-tables for ranking evaluation (``trainer/data/movielens.py``).
+tables for ranking evaluation (``data/datasets/movielens.py``).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
 
 
 def run_movielens(args: argparse.Namespace) -> int:
-    from compactrec.trainer.data.movielens import convert_ml100k
-    from compactrec.trainer.data.recbole_wheel import FetchError, fetch_ml100k
+    from compactrec.data.datasets.movielens import convert_ml100k
+    from compactrec.data.datasets.recbole_wheel import FetchError, fetch_ml100k
 
     try:
         src = fetch_ml100k(Path(args.cache) if args.cache else None, Path(args.wheel) if args.wheel else None)

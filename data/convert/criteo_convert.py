@@ -30,17 +30,17 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from compactrec.trainer.data.convert_piece import ConvertJob, convert_task
-from compactrec.trainer.data.convert_stats import ColumnStats
-from compactrec.trainer.data.criteo import DENSE_NAMES, LABEL, SPARSE_NAMES
-from compactrec.trainer.data.criteo_splits import check_inputs, natural_key, split_rule
-from compactrec.trainer.data.hll import PRECISION
-from compactrec.trainer.data.id_map import IdMap, IdMapSpec
-from compactrec.trainer.data.manifest import FeatureSchema, Manifest, SparseFeature, SplitInfo, write_manifest
-from compactrec.trainer.data.parallel import Report, run_tasks
-from compactrec.trainer.data.pieces import MARKERS, PieceJob, file_marker_path, plan_jobs
-from compactrec.trainer.data.text_input import Source, count_line_starts, count_lines_gz, source
-from compactrec.trainer.io import atomic_write_json
+from compactrec.data.convert.piece import ConvertJob, convert_task
+from compactrec.data.convert.stats import ColumnStats
+from compactrec.data.convert.criteo import DENSE_NAMES, LABEL, SPARSE_NAMES
+from compactrec.data.convert.criteo_splits import check_inputs, natural_key, split_rule
+from compactrec.data.convert.hll import PRECISION
+from compactrec.data.convert.id_map import IdMap, IdMapSpec
+from compactrec.data.reader.manifest import FeatureSchema, Manifest, SparseFeature, SplitInfo, write_manifest
+from compactrec.data.convert.parallel import Report, run_tasks
+from compactrec.data.convert.pieces import MARKERS, PieceJob, file_marker_path, plan_jobs
+from compactrec.data.convert.text_input import Source, count_line_starts, count_lines_gz, source
+from compactrec.io import atomic_write_json
 
 MAX_REPORTED = 100  # malformed lines listed in the manifest
 
@@ -66,7 +66,7 @@ class ConvertOptions:
         key = {"split": self.split, "id_map": self.id_map.to_json(), "piece_bytes": self.piece_bytes,
                "row_group_rows": self.row_group_rows, "compression": self.compression}
         if self.id_map.kind == "freq":
-            from compactrec.trainer.data.freq_count import counts_digest
+            from compactrec.data.convert.freq_count import counts_digest
 
             key["counts"] = counts_digest(self.id_map.counts_dir)  # type: ignore[arg-type]
         return key

@@ -32,15 +32,15 @@ import torch
 
 from compactrec.hashing import splitmix64_np as splitmix64
 from compactrec.trainer.config import SynthConfig
-from compactrec.trainer.data import criteo
-from compactrec.trainer.data.manifest import (
+from compactrec.data.convert import criteo
+from compactrec.data.reader.manifest import (
     FeatureSchema,
     Manifest,
     SparseFeature,
     SplitInfo,
     write_manifest,
 )
-from compactrec.trainer.io import atomic_write
+from compactrec.io import atomic_write
 from compactrec.trainer.metrics import auc
 
 _TABLE_LIMIT = 1 << 22  # materialize a feature's latent table up to this many ids
