@@ -130,3 +130,27 @@ def tile_sizes(
     block_n = min(next_pow2(avg), 32, max(1, budget // (block_d * min_groups)))
     block_g = max(min_groups, min(128, budget // (block_n * block_d), next_pow2(num_groups)))
     return block_g, block_n, block_d
+
+
+def check_rows(rows: torch.Tensor, offsets: torch.Tensor, op: str, name: str = "rows") -> torch.Tensor:
+    """Validate looked-up rows (nnz, d) against KJT-style offsets; returns offsets as int64 (B+1,).
+
+    The ops that compose what TorchRec looked up take one row per id, in bag order, so
+    offsets must run from 0 to rows.shape[0] (checked on CPU only: on CUDA it would sync).
+    """
+    if rows.dim() != 2 or not rows.dtype.is_floating_point:
+        raise ValueError(f"{op}: {name} must be a 2-D float tensor (nnz, d), got {rows.dtype} {tuple(rows.shape)}")
+    if offsets.dim() != 1 or offsets.numel() < 1 or offsets.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{op}: offsets must be 1-D int32/int64 with B+1 entries, got {offsets.dtype} "
+                         f"{tuple(offsets.shape)}")
+    if not offsets.is_cuda and (int(offsets[0]) != 0 or int(offsets[-1]) != rows.shape[0]):
+        raise ValueError(f"{op}: offsets run from {int(offsets[0])} to {int(offsets[-1])}; "
+                         f"expected 0 to {name}.shape[0] = {rows.shape[0]}")
+    return offsets.to(torch.int64).contiguous()
+
+
+def check_per_id(x: Optional[torch.Tensor], nnz: int, op: str, name: str) -> None:
+    """A per-id vector (scale, bias): None, or a float tensor (nnz,) or (nnz, 1) (a 1-wide lookup)."""
+    if x is not None and (tuple(x.shape) not in ((nnz,), (nnz, 1)) or not x.dtype.is_floating_point):
+        raise ValueError(f"{op}: {name} must be a float tensor (nnz,) or (nnz, 1) with nnz = {nnz} (one per "
+                         f"looked-up row), got {x.dtype} {tuple(x.shape)}")

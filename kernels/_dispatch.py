@@ -9,15 +9,26 @@
   how CI runs them, under the interpreter).
 The variable is read at every call (cheap), so tests and benchmarks can switch it. Backend
 modules are imported lazily: importing ``compactrec.kernels`` never imports Triton.
+
+Two families of ops:
+* id -> pooled (``hash_scale_bag``, ``qr_bag``, ``mixed_dim_bag``): take ids and whole tables
+  and gather themselves, so they only apply to unsharded tables;
+* composers of what TorchRec looked up (``scale_pool``, ``qr_compose_pool``, ``project_sum``)
+  and the id transform in front of the lookups (``hash_remap``): these run in every
+  training step, sharded (DMP) or not; their backward is proportional to the batch's ids.
+Every call is counted per (op, backend) (``calls()``, ``reset_calls()``): a test can prove
+that a training step went through the kernels. Counting is a Python dict update, no sync.
 """
 
 from __future__ import annotations
 
+import collections
 import importlib
 import importlib.util
 import os
+import threading
 from types import ModuleType
-from typing import Optional, Sequence
+from typing import Counter, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -25,6 +36,26 @@ from compactrec.kernels._common import interpreting
 
 ENV = "COMPACTREC_KERNELS"
 BACKENDS = ("auto", "reference", "cpu", "triton")
+
+_CALLS: Counter[Tuple[str, str]] = collections.Counter()
+_CALLS_LOCK = threading.Lock()
+
+
+def calls() -> Counter[Tuple[str, str]]:
+    """A copy of the call counts so far, keyed (op, backend), e.g. ``("scale_pool", "triton")``."""
+    with _CALLS_LOCK:
+        return collections.Counter(_CALLS)
+
+
+def reset_calls() -> None:
+    """Forget the counts (a test calls this before the step it checks)."""
+    with _CALLS_LOCK:
+        _CALLS.clear()
+
+
+def _count(op: str, backend: str) -> None:
+    with _CALLS_LOCK:
+        _CALLS[(op, backend)] += 1
 
 
 def requested_backend() -> str:
@@ -69,6 +100,13 @@ def backend_module(op: str, backend: str) -> ModuleType:
     return importlib.import_module(f"compactrec.kernels.{op}.{backend}")
 
 
+def _dispatch(name: str, folder: str, *tensors: torch.Tensor) -> ModuleType:
+    """Resolve the backend for ``tensors``, count the call of ``name``, return its module."""
+    backend = resolve_backend(*tensors)
+    _count(name, backend)
+    return backend_module(folder, backend)
+
+
 def hash_scale_bag(
     values: torch.Tensor,
     offsets: torch.Tensor,
@@ -93,7 +131,7 @@ def hash_scale_bag(
 
         out = hash_scale_bag(kjt_values, kjt_offsets, table, scale.view(-1), seed=3)  # (B, d)
     """
-    mod = backend_module("hash_scale", resolve_backend(values, table))
+    mod = _dispatch("hash_scale_bag", "hash_scale", values, table)
     return mod.hash_scale_bag(values, offsets, table, scale, bias, num_rows=num_rows, seed=seed, hashed=hashed,
                               mode=mode)
 
@@ -114,7 +152,7 @@ def mixed_dim_bag(
     block_offsets: K+1 ints (a list, or a tensor: read once with .tolist()).
     Gradients: every table and projection.
     """
-    mod = backend_module("mixed_dim", resolve_backend(values, tables[0]))
+    mod = _dispatch("mixed_dim_bag", "mixed_dim", values, tables[0])
     return mod.mixed_dim_bag(values, offsets, block_offsets, tables, projections, mode=mode)
 
 
@@ -132,5 +170,70 @@ def qr_bag(
 
     e(i) = q_table[i // collisions] * (or +) r_table[i % collisions]. Gradients: both tables.
     """
-    mod = backend_module("qr", resolve_backend(values, q_table))
+    mod = _dispatch("qr_bag", "qr", values, q_table)
     return mod.qr_bag(values, offsets, q_table, r_table, collisions=collisions, operation=operation, mode=mode)
+
+
+# ---------------------------------------------------------------- composers of looked-up rows
+def scale_pool(
+    rows: torch.Tensor,
+    offsets: torch.Tensor,
+    scale: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    mode: str = "sum",
+) -> torch.Tensor:
+    """Per-id scale (+ bias) of looked-up rows, pooled per bag -> (B, d) (MEmCom after TorchRec's lookup).
+
+    rows (nnz, d) fp32/bf16: one looked-up row per id, in bag order (e.g. an EmbeddingCollection
+    JaggedTensor's values); offsets (B+1,) int32/int64 KJT-style; scale, bias (nnz,) or (nnz, 1)
+    per-id scalars, or None. out[b] = sum_{j in bag b} (scale_j * rows_j + bias_j), the bias
+    broadcast over the d columns; "mean" divides by the bag length; an empty bag gives 0.
+    fp32 accumulation, output in rows' dtype. Gradients: rows (nnz, d), scale, bias (their shapes).
+
+    Example::
+
+        rows = ec(kjt)["f"].values()                                   # (nnz, d)
+        out = scale_pool(rows, kjt.offsets(), w.view(-1), b.view(-1))  # (B, d)
+    """
+    return _dispatch("scale_pool", "row_scale", rows, offsets).scale_pool(rows, offsets, scale, bias, mode=mode)
+
+
+def qr_compose_pool(
+    q_rows: torch.Tensor,
+    r_rows: torch.Tensor,
+    offsets: torch.Tensor,
+    *,
+    operation: str = "mult",
+    mode: str = "sum",
+) -> torch.Tensor:
+    """Quotient-remainder rows composed per id BEFORE pooling -> (B, d).
+
+    q_rows, r_rows (nnz, d): the looked-up q_table[i // m] and r_table[i % m] of every id, in
+    bag order; e_j = q_j * r_j ("mult") or q_j + r_j ("add"); sum or mean per bag (empty: 0).
+    Output in q_rows' dtype. Gradients: q_rows and r_rows (nnz, d).
+    """
+    mod = _dispatch("qr_compose_pool", "qr_compose", q_rows, r_rows, offsets)
+    return mod.qr_compose_pool(q_rows, r_rows, offsets, operation=operation, mode=mode)
+
+
+def project_sum(blocks: Sequence[torch.Tensor], projections: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
+    """Sum of K pooled blocks, each projected to the common width -> (B, d).
+
+    blocks[k] (B, d_k); projections[k] (d_k, d), or None for identity (d_k must equal d).
+    out = sum_k blocks[k] @ P_k (+ blocks[k] for identity): mixed-dimension embeddings (pool
+    each block, then project) and CAFE's hot/cold merge (all identity). fp32 accumulation,
+    output in blocks[0]'s dtype. Gradients: every block (B, d_k) and projection (d_k, d).
+    """
+    return _dispatch("project_sum", "projection", *blocks).project_sum(blocks, projections)
+
+
+def hash_remap(values: torch.Tensor, moduli: Union[int, torch.Tensor], *, seed: int) -> torch.Tensor:
+    """The id transform in front of hashed lookups -> (nnz,) int64.
+
+    values (nnz,) int32/int64 ids; moduli an int or an (nnz,) int tensor (per-value modulus,
+    0 = leave the id unchanged). out_j = ``compactrec.hashing.hash_mod(id_j, m_j, seed)`` bit
+    for bit, or id_j where m_j == 0. No gradient.
+    """
+    tensors = (values, moduli) if torch.is_tensor(moduli) else (values,)
+    return _dispatch("hash_remap", "remap", *tensors).hash_remap(values, moduli, seed=seed)

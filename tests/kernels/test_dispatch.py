@@ -43,30 +43,64 @@ def test_unknown_backend_raises(monkeypatch):
         resolve_backend(CPU)
 
 
-@pytest.mark.parametrize("name", ["reference", "cpu", "triton"])
-def test_public_ops_run_every_backend(monkeypatch, name):
-    """The dispatching functions give the reference's answer whichever backend runs."""
-    monkeypatch.setenv(ENV, name)
+def _public_calls():
+    """One call of every public op on tiny inputs; returns (outputs, names)."""
     values, offsets = torch.tensor([3, 1, 4, 1, 5], dtype=torch.int32), torch.tensor([0, 2, 2, 5])
     gen = torch.Generator().manual_seed(0)
     table, scale = torch.randn(7, 6, generator=gen), torch.rand(9, generator=gen)
     tables = [torch.randn(4, 3, generator=gen), torch.randn(2, 6, generator=gen)]
     projs = [torch.randn(3, 6, generator=gen), None]
     q, r = torch.randn(3, 6, generator=gen), torch.randn(2, 6, generator=gen)
-    values, offsets, table, scale, q, r = (t.to(DEVICE) for t in (values, offsets, table, scale, q, r))
+    rows, w, b = torch.randn(5, 6, generator=gen), torch.rand(5, generator=gen), torch.randn(5, generator=gen)
+    rows2, pooled = torch.randn(5, 6, generator=gen), torch.randn(3, 4, generator=gen)
+    values, offsets, table, scale, q, r, rows, w, b, rows2, pooled = (
+        t.to(DEVICE) for t in (values, offsets, table, scale, q, r, rows, w, b, rows2, pooled))
     tables, projs = [t.to(DEVICE) for t in tables], [projs[0].to(DEVICE), None]
-    got = [
-        kernels.hash_scale_bag(values, offsets, table, scale, seed=5),
-        kernels.mixed_dim_bag(values, offsets, [0, 4, 6], tables, projs),
-        kernels.qr_bag(values, offsets, q, r, collisions=2),
-    ]
-    monkeypatch.setenv(ENV, "reference")
-    want = [
-        kernels.hash_scale_bag(values, offsets, table, scale, seed=5),
-        kernels.mixed_dim_bag(values, offsets, [0, 4, 6], tables, projs),
-        kernels.qr_bag(values, offsets, q, r, collisions=2),
-    ]
-    assert_same(got, want, ["hash_scale", "mixed_dim", "qr"], torch.float32)
+    moduli = torch.tensor([0, 5, 1, 7, 0], device=DEVICE)
+    out = {
+        "hash_scale_bag": kernels.hash_scale_bag(values, offsets, table, scale, seed=5),
+        "mixed_dim_bag": kernels.mixed_dim_bag(values, offsets, [0, 4, 6], tables, projs),
+        "qr_bag": kernels.qr_bag(values, offsets, q, r, collisions=2),
+        "scale_pool": kernels.scale_pool(rows, offsets, w, b, mode="mean"),
+        "qr_compose_pool": kernels.qr_compose_pool(rows, rows2, offsets),
+        "project_sum": kernels.project_sum([pooled, rows2[:3]], [pooled.new_ones(4, 6), None]),
+        "hash_remap": kernels.hash_remap(values, moduli, seed=2).float(),
+    }
+    return list(out.values()), list(out)
+
+
+@pytest.mark.parametrize("name", ["reference", "cpu", "triton"])
+def test_public_ops_run_every_backend(monkeypatch, name):
+    """The dispatching functions give another backend's answer (the reference's; the CPU
+    path's when the reference itself runs) whichever backend runs."""
+    monkeypatch.setenv(ENV, name)
+    got, names = _public_calls()
+    monkeypatch.setenv(ENV, "cpu" if name == "reference" else "reference")
+    want, _ = _public_calls()
+    assert_same(got, want, names, torch.float32)
+
+
+@pytest.mark.parametrize("name", ["reference", "cpu", "triton"])
+def test_calls_are_counted_per_op_and_backend(monkeypatch, name):
+    """Every public call counts once under (op, the backend that ran): proof a step used the kernels."""
+    monkeypatch.setenv(ENV, name)
+    kernels.reset_calls()
+    _, names = _public_calls()
+    assert kernels.calls() == {(op, name): 1 for op in names}
+    snapshot = kernels.calls()
+    kernels.scale_pool(torch.randn(2, 3, device=DEVICE), torch.tensor([0, 2], device=DEVICE))
+    assert kernels.calls()[("scale_pool", name)] == 2
+    assert snapshot[("scale_pool", name)] == 1  # calls() hands back a copy
+    kernels.reset_calls()
+    assert not kernels.calls()
+
+
+def test_auto_counts_the_backend_it_resolved(monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+    kernels.reset_calls()
+    kernels.hash_remap(torch.arange(3), 2, seed=0)
+    want = "triton" if DEVICE == "cuda" else "cpu"
+    assert kernels.calls() == {("hash_remap", want): 1}
 
 
 @interpreter_only
