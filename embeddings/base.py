@@ -13,7 +13,9 @@ nothing and costs accuracy (docs/methods.md, CAFE).
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -22,6 +24,28 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
+
+
+_TABLE_DEVICE: ContextVar[Optional[torch.device]] = ContextVar("compactrec_table_device", default=None)
+
+
+@contextmanager
+def tables_on(device: torch.device | str) -> Iterator[None]:
+    """Build the stock TorchRec collections (the tables DMP shards) and CAFE's sketch on
+    ``device`` inside this block, everything else (id maps, projections, moduli) where the
+    builder's ``device`` says. ``tables_on("meta")`` before ``shard_model`` is TorchRec's
+    pattern: DMP materialises only each rank's own shards, so no host holds the whole model.
+    The sketch on meta is only a shape: under DMP every rank gets its own shard of it."""
+    token = _TABLE_DEVICE.set(torch.device(device))
+    try:
+        yield
+    finally:
+        _TABLE_DEVICE.reset(token)
+
+
+def table_device(device: Optional[torch.device]) -> Optional[torch.device]:
+    """Where a method builds its tables: ``tables_on``'s device, else its own ``device``."""
+    return _TABLE_DEVICE.get() or device
 
 
 def split_features(schema: FeatureSchema, small_field_rows: int) -> Tuple[List[SparseFeature], List[SparseFeature]]:

@@ -49,10 +49,12 @@ from compactrec.embeddings.base import (
     full_config,
     kjt_from,
     split_features,
+    table_device,
 )
 from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
 from compactrec.embeddings.hotsketch import SCALAR_BYTES, HotSketch
 from compactrec.hashing import hash_mod
+from compactrec.kernels import hash_remap, project_sum
 from compactrec.trainer.config import CafeConfig
 from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
 
@@ -172,7 +174,8 @@ class _Occurrences:
             return keys, torch.ones(keys.shape, dtype=torch.float32, device=keys.device)
         have = [i for i, n in enumerate(self.norms) if n is not None]
         if not have:
-            keys, scores = self.gids[0].new_empty(0), torch.empty(0)  # no backward ran
+            keys = self.gids[0].new_empty(0)  # no backward ran
+            scores = keys.new_empty(0, dtype=torch.float32)
         else:
             keys = torch.cat([self.gids[i] for i in have])
             # sum pooling: the row an occurrence used receives exactly its bag's pooled gradient
@@ -219,12 +222,12 @@ class CafeEmbedding(CompressedEmbedding):
         rows = [[plan.hash_rows[f.name][l] for f in big] for l in range(cfg.levels)] if big else [[]]
         self.register_buffer("_hash_rows_t", torch.tensor(rows, dtype=torch.int64, device=device), persistent=False)
         self.offsets: Dict[str, int] = {f.name: s for f, s in zip(big, self._starts)}
-        self.ebc = EmbeddingBagCollection(tables=self._tables(small, big), device=device)
+        self.ebc = EmbeddingBagCollection(tables=self._tables(small, big), device=table_device(device))
         self._kjt_keys = [n for c in self.ebc.embedding_bag_configs() for n in c.feature_names]
         self.sketch: Optional[HotSketch] = None
         if big:
             self.sketch = HotSketch(
-                plan.buckets, plan.hot_rows, cfg.threshold, cfg.slots, cfg.decay, cfg.seed, device=device
+                plan.buckets, plan.hot_rows, cfg.threshold, cfg.slots, cfg.decay, cfg.seed, device=table_device(device)
             )
         self._pending: List[_Occurrences] = []
         self.router = None  # set by sharding.cafe.attach_sharded_cafe under DMP (several ranks)
@@ -288,11 +291,10 @@ class CafeEmbedding(CompressedEmbedding):
             parts.update(self._route(torch.cat(gids), torch.cat(lengths), [g.numel() for g in gids]))
         pooled = self.ebc(kjt_from({k: parts[k] for k in self._kjt_keys})).to_dict()
         out = {n: pooled[n] for n in self.small_names}
+        merge = [None] * (1 + self.cfg.levels)  # identity blocks: hot + every hash level
         for f in self.compressed:
-            e = pooled[f"{f.name}__hot"]
-            for l in range(self.cfg.levels):
-                e = e + pooled[f"{f.name}__h{l}"]
-            out[f.name] = e  # (B, dim)
+            blocks = [pooled[f"{f.name}__hot"]] + [pooled[f"{f.name}__h{l}"] for l in range(self.cfg.levels)]
+            out[f.name] = project_sum(blocks, merge)  # (B, dim): hot/cold merge in one op
         if recording and self.compressed:
             self._record(gids, lengths, [out[f.name] for f in self.compressed])
         return out
@@ -314,7 +316,7 @@ class CafeEmbedding(CompressedEmbedding):
         lens = torch.bincount(target * b + bag, minlength=2 * nf * b).view(2 * nf, b)
         hot_vals = torch.where(cold, local, slots)[order].split(counts)
         levels = [
-            hash_mod(local, self._hash_rows_t[l][fidx], seed=self.cfg.seed + 1 + l)[order].split(counts)
+            hash_remap(local, self._hash_rows_t[l][fidx], seed=self.cfg.seed + 1 + l)[order].split(counts)
             for l in range(self.cfg.levels)
         ]
         parts: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}

@@ -15,6 +15,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from compactrec.data.reader.manifest import FeatureSchema
+from compactrec.embeddings.base import table_device
 
 
 def table_name(feature: str) -> str:
@@ -35,4 +36,4 @@ def full_tables(schema: FeatureSchema, dim: int, pooling: PoolingType = PoolingT
 
 
 def build_full(schema: FeatureSchema, dim: int, device: torch.device | None = None) -> EmbeddingBagCollection:
-    return EmbeddingBagCollection(tables=full_tables(schema, dim), device=device)
+    return EmbeddingBagCollection(tables=full_tables(schema, dim), device=table_device(device))

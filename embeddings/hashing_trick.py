@@ -22,9 +22,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from compactrec.embeddings.accounting import FP32
-from compactrec.embeddings.base import CompressedEmbedding, full_config, is_local, split_features
+from compactrec.embeddings.base import CompressedEmbedding, full_config, is_local, split_features, table_device
 from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
-from compactrec.hashing import hash_mod
 from compactrec.trainer.config import HashConfig
 from compactrec.data.reader.manifest import FeatureSchema
 
@@ -38,12 +37,18 @@ def remap_values(
     features: KeyedJaggedTensor, moduli: torch.Tensor, seed: int, identity: bool
 ) -> torch.Tensor:
     """Per-key hashing of a KJT's values: key k's ids -> h(id) mod moduli[k]; moduli[k] = 0
-    leaves key k's ids unchanged. Returns the new values (nnz,) int64."""
-    values = features.values().to(torch.int64)
-    per_value = torch.repeat_interleave(moduli, torch.tensor(features.length_per_key()))
-    safe = per_value.clamp(min=1)
-    hashed = values % safe if identity else hash_mod(values, safe, seed)  # type: ignore[arg-type]
-    return torch.where(per_value > 0, hashed, values)
+    leaves key k's ids unchanged. Returns the new values (nnz,) int64, through the kernels'
+    ``hash_remap`` (one fused pass on GPU)."""
+    from compactrec.kernels import hash_remap
+
+    values = features.values()
+    # the per-key counts are host ints (the KJT knows them): sent along, sized without a sync
+    counts = torch.tensor(features.length_per_key(), device=moduli.device)
+    per_value = torch.repeat_interleave(moduli, counts, output_size=values.numel())
+    if identity:  # the test mode: bare id % m
+        ids = values.to(torch.int64)
+        return torch.where(per_value > 0, ids % per_value.clamp(min=1), ids)
+    return hash_remap(values, per_value, seed=seed)
 
 
 class HashEmbedding(CompressedEmbedding):
@@ -72,9 +77,10 @@ class HashEmbedding(CompressedEmbedding):
                         weight_init_min=-((1.0 / f.cardinality) ** 0.5),
                     )
                 )
-        self.ebc = EmbeddingBagCollection(tables=tables, device=device)
+        self.ebc = EmbeddingBagCollection(tables=tables, device=table_device(device))
         moduli = [0 if f.name in small_names else plan.rows[f.name] for f in schema.sparse]
-        self.register_buffer("moduli", torch.tensor(moduli, dtype=torch.int64), persistent=False)
+        self.register_buffer("moduli", torch.tensor(moduli, dtype=torch.int64, device=device), persistent=False)
+        self.moduli_list = moduli  # the same on the host: the fused path reads it without a sync
 
     def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
         """Unsharded: the fused hash_scale_bag (no scale) per feature on the tables' weights."""
@@ -82,7 +88,7 @@ class HashEmbedding(CompressedEmbedding):
 
         out = {}
         identity = self.cfg.hash == "identity"
-        for f, m, jt in zip(self.schema.sparse, self.moduli.tolist(), features.to_dict().values()):
+        for f, m, jt in zip(self.schema.sparse, self.moduli_list, features.to_dict().values()):
             ids = jt.values().to(torch.int64)
             name = f"hash_{f.name}" if m else f"t_{f.name}"
             table = self.ebc.embedding_bags[name].weight

@@ -35,9 +35,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from compactrec.embeddings.accounting import FP32
-from compactrec.embeddings.base import CompressedEmbedding, full_config, is_local, kjt_from, split_features, sum_pool
+from compactrec.embeddings.base import CompressedEmbedding, full_config, is_local, kjt_from, split_features, table_device
 from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
-from compactrec.hashing import hash_mod
 from compactrec.trainer.config import MemComConfig
 from compactrec.data.reader.manifest import FeatureSchema
 
@@ -61,7 +60,7 @@ class MemComEmbedding(CompressedEmbedding):
         small, big = split_features(schema, small_field_rows)
         self.small = [f.name for f in small]
         self.big = [f.name for f in big]
-        self.full = EmbeddingBagCollection(tables=[full_config(f, dim) for f in small], device=device) if small else None
+        self.full = EmbeddingBagCollection(tables=[full_config(f, dim) for f in small], device=table_device(device)) if small else None
         shared: List[EmbeddingConfig] = []
         scales: List[EmbeddingConfig] = []
         for f in big:
@@ -71,17 +70,17 @@ class MemComEmbedding(CompressedEmbedding):
             scales.append(_table(f"memcom_w_{f.name}", f"{f.name}__w", n, cfg.pack, cfg.scale_init, cfg.scale_init))
             if cfg.bias:
                 scales.append(_table(f"memcom_b_{f.name}", f"{f.name}__b", n, cfg.pack, 0.0, 0.0))
-        self.shared = EmbeddingCollection(tables=shared, device=device)
-        self.scales = EmbeddingCollection(tables=scales, device=device)
-        self.register_buffer(
-            "moduli", torch.tensor([plan.rows[n] for n in self.big], dtype=torch.int64), persistent=False
-        )
+        self.shared = EmbeddingCollection(tables=shared, device=table_device(device))
+        self.scales = EmbeddingCollection(tables=scales, device=table_device(device))
+        self.rows_of = [plan.rows[n] for n in self.big]  # m per compressed feature (host ints: no device read)
         # The fused op indexes scales by the id it is given: identity hashing with m < N
         # (a test mode) would need ids % m for the rows but raw ids for the scales.
         self._fusable = cfg.hash != "identity" or all(plan.rows[f.name] >= f.cardinality for f in big)
 
-    def _hash(self, ids: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return ids % m if self.cfg.hash == "identity" else hash_mod(ids, m, self.cfg.seed)  # type: ignore[arg-type]
+    def _hash(self, ids: torch.Tensor, m: int) -> torch.Tensor:
+        from compactrec.kernels import hash_remap
+
+        return ids % m if self.cfg.hash == "identity" else hash_remap(ids, m, seed=self.cfg.seed)
 
     def _embed_fused(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
         """Unsharded: one fused hash_scale_bag per feature on the tables' weights."""
@@ -93,7 +92,7 @@ class MemComEmbedding(CompressedEmbedding):
             out.update(self.full(KeyedJaggedTensor.from_jt_dict({n: jts[n] for n in self.small})).to_dict())
         identity = self.cfg.hash == "identity"
         for j, name in enumerate(self.big):
-            jt, m = jts[name], int(self.moduli[j])
+            jt, m = jts[name], self.rows_of[j]
             ids = jt.values().to(torch.int64)
             bias = self.scales.embeddings[f"memcom_b_{name}"].weight.view(-1) if self.cfg.bias else None
             out[name] = hash_scale_bag(
@@ -104,8 +103,12 @@ class MemComEmbedding(CompressedEmbedding):
         return out
 
     def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+        """Unsharded: the fused op. Sharded (DMP): TorchRec looks up the hashed rows and the
+        scales; ``scale_pool`` composes them per id and pools (compose before pool)."""
         if self.fused and self._fusable and is_local(self.full, self.shared, self.scales):
             return self._embed_fused(features)
+        from compactrec.kernels import scale_pool
+
         jts = features.to_dict()
         out: Dict[str, torch.Tensor] = {}
         if self.full is not None:
@@ -114,7 +117,7 @@ class MemComEmbedding(CompressedEmbedding):
         shared_ids, scale_ids = {}, {}
         for j, name in enumerate(self.big):
             ids, lengths = jts[name].values().to(torch.int64), jts[name].lengths()
-            shared_ids[f"{name}__E"] = (self._hash(ids, self.moduli[j]), lengths)
+            shared_ids[f"{name}__E"] = (self._hash(ids, self.rows_of[j]), lengths)
             scale_ids[f"{name}__w"] = (torch.div(ids, pack, rounding_mode="floor"), lengths)
             if self.cfg.bias:
                 scale_ids[f"{name}__b"] = scale_ids[f"{name}__w"]
@@ -123,11 +126,10 @@ class MemComEmbedding(CompressedEmbedding):
         for name in self.big:
             ids = jts[name].values().to(torch.int64)
             col = (ids % pack).unsqueeze(1)
-            w = scale_rows_[f"{name}__w"].values().gather(1, col)  # (nnz, 1): w[i]
-            per_id = w * rows[f"{name}__E"].values()  # (nnz, d); w separates ids sharing a row
-            if self.cfg.bias:
-                per_id = per_id + scale_rows_[f"{name}__b"].values().gather(1, col)
-            out[name] = sum_pool(per_id, jts[name].lengths())
+            w = scale_rows_[f"{name}__w"].values().gather(1, col).squeeze(1)  # (nnz,): w[i]
+            b = scale_rows_[f"{name}__b"].values().gather(1, col).squeeze(1) if self.cfg.bias else None
+            # (B, d): sum_j w_j E[h(i_j)] (+ b_j); w separates ids sharing a row
+            out[name] = scale_pool(rows[f"{name}__E"].values(), jts[name].offsets(), w, b)
         return out
 
 

@@ -52,6 +52,7 @@ from compactrec.embeddings.base import (
     route,
     split_features,
     sum_pool,
+    table_device,
 )
 from compactrec.embeddings.budget import BudgetError, bisect, full_table_bytes
 from compactrec.trainer.config import MixedDimConfig
@@ -198,7 +199,7 @@ class MixedDimEmbedding(CompressedEmbedding):
         self.narrow_width: Dict[str, int] = {}  # key of a packed block -> its width (1 or 2)
         self.widths: Dict[str, int] = {}  # block key (f"{feature}__b{k}") -> d_k
         self.stored_rows: Dict[str, int] = {}  # block key -> rows its table holds
-        self.stored_offsets: Dict[str, torch.Tensor] = {}  # feature -> (K+1,) block starts in stored rows
+        self.stored_offsets: Dict[str, List[int]] = {}  # feature -> K+1 block starts in stored rows (host)
         for f in big:
             keys = []
             bound = math.sqrt(1.0 / f.cardinality)
@@ -222,9 +223,13 @@ class MixedDimEmbedding(CompressedEmbedding):
                 if d < dim:  # E_k P_k keeps the full table's output scale: P ~ N(0, 1/d_k)
                     self.projections[key] = nn.Parameter(torch.randn(d, dim, device=device) / math.sqrt(d))
             self.block_keys[f.name] = keys
-            self.stored_offsets[f.name] = torch.tensor(np.cumsum([0] + stored).tolist(), dtype=torch.int64)
+            self.stored_offsets[f.name] = np.cumsum([0] + stored).tolist()
+            # the same starts on the device, indexed by each id's block in forward
+            self.register_buffer(f"starts_{f.name}", torch.tensor(self.stored_offsets[f.name], dtype=torch.int64,
+                                                                  device=device), persistent=False)
             bounds = np.cumsum([0] + plan.block_rows[f.name])
-            self.register_buffer(f"bounds_{f.name}", torch.tensor(bounds, dtype=torch.int64), persistent=False)
+            self.register_buffer(f"bounds_{f.name}", torch.tensor(bounds, dtype=torch.int64, device=device),
+                                 persistent=False)
             if self.rows_mode:
                 head = int(bounds[-2])  # ids ranked before the tail block
                 if ranks is None:  # planning on the meta device: sizes only
@@ -238,8 +243,8 @@ class MixedDimEmbedding(CompressedEmbedding):
                     head_rank = rank[head_ids].to(torch.int32)
                 self.register_buffer(f"head_ids_{f.name}", head_ids.to(device) if device else head_ids)
                 self.register_buffer(f"head_rank_{f.name}", head_rank.to(device) if device else head_rank)
-        self.ebc = EmbeddingBagCollection(tables=tables, device=device)
-        self.packed = EmbeddingCollection(tables=narrow, device=device) if narrow else None
+        self.ebc = EmbeddingBagCollection(tables=tables, device=table_device(device))
+        self.packed = EmbeddingCollection(tables=narrow, device=table_device(device)) if narrow else None
 
     def _narrow(self, parts: Dict[str, tuple]) -> Dict[str, torch.Tensor]:
         """Pooled outputs of the packed (1- or 2-wide) blocks: unpooled lookups of their
@@ -291,14 +296,17 @@ class MixedDimEmbedding(CompressedEmbedding):
             ids, jt = jts[name].values().to(torch.int64), jts[name]
             bounds = getattr(self, f"bounds_{name}")
             block, row = self._locate(name, ids, bounds) if self.rows_mode else (torch.zeros_like(ids), ids)
-            starts = self.stored_offsets[name]
+            starts = getattr(self, f"starts_{name}")
             projections = [self.projections[k] if k in self.projections else None for k in self.block_keys[name]]
-            out[name] = mixed_dim_bag(starts[block] + row, jt.offsets(), starts.tolist(), self._block_tables(name), projections)
+            out[name] = mixed_dim_bag(starts[block] + row, jt.offsets(), self.stored_offsets[name],
+                                      self._block_tables(name), projections)
         return out
 
     def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
         if self.fused and is_local(self.ebc, self.packed):
             return self._embed_fused(features)
+        from compactrec.kernels import project_sum
+
         jts = features.to_dict()
         parts = {n: (jts[n].values(), jts[n].lengths()) for n in self.small}
         narrow: Dict[str, tuple] = {}
@@ -316,13 +324,10 @@ class MixedDimEmbedding(CompressedEmbedding):
         pooled.update(self._narrow(narrow))
         out = {n: pooled[n] for n in self.small}
         for name in self.big:
-            acc = None
-            for key in self.block_keys[name]:
-                x = pooled[key]
-                if key in self.projections:
-                    x = x @ self.projections[key]  # (B, d_k) @ (d_k, d): pool first, project once
-                acc = x if acc is None else acc + x
-            out[name] = acc
+            keys = self.block_keys[name]
+            # sum_k (B, d_k) @ (d_k, d): pooled per block first, projected once per bag
+            out[name] = project_sum([pooled[k] for k in keys], [self.projections[k] if k in self.projections else None
+                                                                for k in keys])
         return out
 
 
@@ -381,7 +386,7 @@ def build_mixed_dim(
     _, big = _kept_full(schema, cfg, small_field_rows)
     data_counts = None
     meta = device is not None and torch.device(device).type == "meta"
-    if cfg.blocks == "rows" and not meta:
+    if cfg.blocks == "rows" and (counts is not None or not meta):
         if counts is None:
             raise ValueError("mixed_dim with blocks=rows needs id counts from the training data")
         data_counts = counts()

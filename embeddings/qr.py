@@ -30,7 +30,9 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from compactrec.embeddings.accounting import FP32
-from compactrec.embeddings.base import CompressedEmbedding, full_config, is_local, kjt_from, split_features, sum_pool
+from compactrec.embeddings.base import (
+    CompressedEmbedding, full_config, is_local, kjt_from, split_features, sum_pool, table_device,
+)
 from compactrec.embeddings.budget import BudgetError, bisect, full_table_bytes
 from compactrec.trainer.config import QRConfig
 from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
@@ -57,7 +59,7 @@ class QREmbedding(CompressedEmbedding):
         small, big = split_features(schema, small_field_rows)
         self.small = [f.name for f in small]
         self.big = [f.name for f in big]
-        self.full = EmbeddingBagCollection(tables=[full_config(f, dim) for f in small], device=device) if small else None
+        self.full = EmbeddingBagCollection(tables=[full_config(f, dim) for f in small], device=table_device(device)) if small else None
         part = dim // 2 if cfg.operation == "concat" else dim
         tables: List[EmbeddingConfig] = []
         for f in big:
@@ -66,9 +68,10 @@ class QREmbedding(CompressedEmbedding):
             r_lo, r_hi = (1 - cfg.remainder_init, 1 + cfg.remainder_init) if cfg.operation == "mult" else (-bound, bound)
             tables.append(self._table(f"qr_q_{f.name}", f"{f.name}__q", -(-f.cardinality // m), part, -bound, bound))
             tables.append(self._table(f"qr_r_{f.name}", f"{f.name}__r", m, part, r_lo, r_hi))
-        self.ec = EmbeddingCollection(tables=tables, device=device)
+        self.ec = EmbeddingCollection(tables=tables, device=table_device(device))
         self.register_buffer(
-            "collisions", torch.tensor([plan.collisions[n] for n in self.big], dtype=torch.int64), persistent=False
+            "collisions", torch.tensor([plan.collisions[n] for n in self.big], dtype=torch.int64, device=device),
+            persistent=False,
         )
 
     @staticmethod
@@ -105,6 +108,8 @@ class QREmbedding(CompressedEmbedding):
     def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
         if self.fused and self.operation != "concat" and is_local(self.full, self.ec):
             return self._embed_fused(features)  # the fused op has mult and add
+        from compactrec.kernels import qr_compose_pool
+
         jts = features.to_dict()
         out: Dict[str, torch.Tensor] = {}
         if self.full is not None:
@@ -116,8 +121,11 @@ class QREmbedding(CompressedEmbedding):
             parts[f"{name}__r"] = (ids % m, jts[name].lengths())
         rows = self.ec(kjt_from(parts))
         for name in self.big:
-            per_id = self.compose(rows[f"{name}__q"].values(), rows[f"{name}__r"].values())
-            out[name] = sum_pool(per_id, jts[name].lengths())
+            q, r = rows[f"{name}__q"].values(), rows[f"{name}__r"].values()  # (nnz, d) each
+            if self.operation == "concat":
+                out[name] = sum_pool(self.compose(q, r), jts[name].lengths())
+            else:  # compose per id, then pool, in one op (fused on GPU)
+                out[name] = qr_compose_pool(q, r, jts[name].offsets(), operation=self.operation)
         return out
 
 

@@ -40,13 +40,14 @@ _SHARDED_BUFFERS = {"keys": "buckets", "scores": "buckets", "hot": "buckets", "o
 
 
 class _PGSync:
-    """``RoundSync`` over a process group: all shards run as many rounds as the busiest."""
+    """``RoundSync`` over a process group: all shards run as many rounds as the busiest.
+    Collectives run on ``device``, the group's (an NCCL group takes CUDA tensors only)."""
 
-    def __init__(self, pg: Optional[dist.ProcessGroup]) -> None:
-        self.pg = pg
+    def __init__(self, pg: Optional[dist.ProcessGroup], device: torch.device) -> None:
+        self.pg, self.device = pg, device
 
     def max(self, value: int) -> int:
-        t = torch.tensor([value], dtype=torch.int64)
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.pg)
         return int(t)
 
@@ -83,6 +84,7 @@ class ShardedCafeSketch:
     def __init__(self, module: CafeEmbedding, slot_ranges: List[Tuple[int, int]], hot_shard: torch.Tensor,
                  pg: Optional[dist.ProcessGroup] = None) -> None:
         self.module, self.pg = module, pg
+        self.device = module._starts_t.device  # the module's device (a buffer: follows .to())
         self.rank, self.world = dist.get_rank(pg), dist.get_world_size(pg)
         plan, cfg = module.plan, module.cfg
         self.total_buckets, self.total_slots = plan.buckets, plan.hot_rows
@@ -90,15 +92,16 @@ class ShardedCafeSketch:
         self.bucket_ranges = [
             (plan.buckets * s0 // plan.hot_rows, plan.buckets * s1 // plan.hot_rows) for s0, s1 in slot_ranges
         ]
-        self.bucket_starts = torch.tensor([b0 for b0, _ in self.bucket_ranges] + [plan.buckets])
+        self.bucket_starts = torch.tensor([b0 for b0, _ in self.bucket_ranges] + [plan.buckets], device=self.device)
+        self.slot_starts = torch.tensor([lo for lo, _ in slot_ranges[1:]] or [0], dtype=torch.int64, device=self.device)
         (b0, b1), (s0, s1) = self.bucket_ranges[self.rank], slot_ranges[self.rank]
         self.slot_offset = s0
         self.local = HotSketch(
             b1 - b0, s1 - s0, cfg.threshold, cfg.slots, cfg.decay, cfg.seed,
-            total_buckets=plan.buckets, bucket_offset=b0,
+            total_buckets=plan.buckets, bucket_offset=b0, device=self.device,
         )
         self.hot_shard = hot_shard  # (s1 - s0, dim) view of this rank's rows of cafe_hot
-        self.sync = _PGSync(pg)
+        self.sync = _PGSync(pg, self.device)
 
     def owner_of(self, keys: torch.Tensor) -> torch.Tensor:
         bucket = hash_mod(keys, self.total_buckets, self.module.cfg.seed)
@@ -113,9 +116,10 @@ class ShardedCafeSketch:
 
     def mean(self, scores: torch.Tensor) -> torch.Tensor:
         """Mean of the importance over every rank's occurrences."""
-        t = torch.tensor([float(scores.sum()), float(scores.numel())], dtype=torch.float64)
+        t = torch.stack([scores.sum().to(torch.float64), scores.new_tensor(scores.numel(), dtype=torch.float64)])
         dist.all_reduce(t, group=self.pg)
-        return (t[0] / t[1]).to(torch.float32) if t[1] > 0 else torch.zeros((), dtype=torch.float32)
+        # no host sync: an empty global batch gives 0 (the caller then inserts nothing)
+        return torch.where(t[1] > 0, t[0] / t[1].clamp(min=1), t.new_zeros(())).to(torch.float32)
 
     @torch.no_grad()
     def update(self, keys: torch.Tensor, scores: torch.Tensor) -> int:
@@ -132,12 +136,13 @@ class ShardedCafeSketch:
         """After loading a checkpoint saved on another partition: hot ids whose (global) slot
         now belongs to another rank get a slot of this rank, with their row copied over; the
         old slots are freed on their owners. Collective. Returns the ids re-homed here."""
-        flat, old = getattr(self, "foreign", (torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)))
+        none = torch.zeros(0, dtype=torch.int64, device=self.device)
+        flat, old = getattr(self, "foreign", (none, none))
         self.foreign = (flat[:0], old[:0])
         if self.sync.max(flat.numel()) == 0:
             return 0
         rows = self._read_hot_rows(old)  # before any slot is reused
-        owner_rank = torch.bucketize(old, torch.tensor([lo for lo, _ in self.slot_ranges[1:]] or [0]), right=True)
+        owner_rank = torch.bucketize(old, self.slot_starts, right=True)
         freed, _, _, _ = _exchange(old, owner_rank, self.world, self.pg)
         local = self.local
         local.owner[freed - self.slot_offset] = -1
@@ -157,13 +162,13 @@ class ShardedCafeSketch:
         """One collective lookup through the sharded EBC: every rank sends the same keys with
         ``p`` bags each (``bags`` fills some keys; the rest stay empty). Pooled (p, dim) per key."""
         m = self.module
-        empty = (torch.zeros(0, dtype=torch.int64), torch.zeros(p, dtype=torch.int32))
+        empty = (torch.zeros(0, dtype=torch.int64, device=self.device), torch.zeros(p, dtype=torch.int32, device=self.device))
         return m.ebc(kjt_from({k: bags.get(k, empty) for k in m._kjt_keys})).to_dict()
 
     def _read_hot_rows(self, slots: torch.Tensor) -> torch.Tensor:
         """Rows ``slots`` (global ids) of the hot table, wherever they live: (n, dim). Collective."""
         p = self.sync.max(slots.numel())
-        lengths = torch.zeros(p, dtype=torch.int32)
+        lengths = torch.zeros(p, dtype=torch.int32, device=self.device)
         lengths[: slots.numel()] = 1
         hot_key = f"{self.module.compressed[0].name}__hot"  # every feature's hot key reads the one hot table
         return self._lookup({hot_key: (slots, lengths)}, p)[hot_key][: slots.numel()]
@@ -178,7 +183,7 @@ class ShardedCafeSketch:
         bags: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         for i, f in enumerate(m.compressed):
             mine = torch.nonzero(feature == i).squeeze(1)
-            lengths = torch.zeros(p, dtype=torch.int32)
+            lengths = torch.zeros(p, dtype=torch.int32, device=self.device)
             lengths[mine] = 1  # bag j of key f__h{l}: promoted id j if it belongs to f
             local = keys[mine] - m.offsets[f.name]
             for level in range(m.cfg.levels):
@@ -265,7 +270,7 @@ def _hot_shard(module: CafeEmbedding) -> Tuple[torch.Tensor, int, int]:
         raise RuntimeError("cafe_hot is not sharded: attach_sharded_cafe runs after DMP")
     shards = st.local_shards()
     if not shards:
-        return torch.empty(0, module.dim), 0, 0
+        return module._starts_t.new_empty((0, module.dim), dtype=torch.float32), 0, 0
     if len(shards) > 1 or shards[0].metadata.shard_sizes[1] != module.dim:
         raise RuntimeError(f"{HOT_TABLE} must be sharded {HOT_TABLE_TYPES} (whole rows on one rank)")
     md = shards[0].metadata
