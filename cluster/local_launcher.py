@@ -1,4 +1,5 @@
-"""Run the trainer without Ray: in this process (1 worker) or in spawned gloo ranks.
+"""Run the trainer without Ray: in this process (1 worker) or in spawned ranks (gloo on the
+CPU, nccl on CUDA: ``sharding.env.backend_for``).
 
 For debugging and tests; Ray Train (``ray_launcher``) is the default launcher.
 """
@@ -9,7 +10,7 @@ import json
 from dataclasses import replace
 from typing import Any, Dict
 
-from compactrec.sharding.env import close_process_group, free_port, init_process_group, spawn
+from compactrec.sharding.env import backend_for, close_process_group, free_port, init_process_group, spawn
 from compactrec.trainer.config import RunConfig, config_to_dict
 from compactrec.trainer.entry import spawned_worker, worker_main
 from compactrec.trainer.loop import run_dir
@@ -18,15 +19,16 @@ from compactrec.trainer.loop import run_dir
 def run_local(cfg: RunConfig) -> Dict[str, Any]:
     config = config_to_dict(cfg)
     n = cfg.cluster.num_workers
+    backend = backend_for(cfg.trainer.device)
     if n == 1:
-        init_process_group(0, 1, free_port())
+        init_process_group(0, 1, free_port(), backend)
         try:
             return worker_main(config)
         finally:
             close_process_group()
     for attempt in range(cfg.trainer.max_failures + 1):
         try:
-            spawn(spawned_worker, n, config)
+            spawn(spawned_worker, n, config, backend=backend)
             break
         except Exception as e:  # a rank died: start again from the latest checkpoint
             if attempt == cfg.trainer.max_failures:

@@ -56,13 +56,17 @@ def run_ray(cfg: RunConfig) -> Dict[str, Any]:
     """One training run on ``cluster.num_workers`` Ray Train workers; returns its metrics."""
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from compactrec.sharding.env import backend_for
 
     cfg = replace(cfg, trainer=replace(cfg.trainer, run_id=cfg.trainer.run_id or uuid.uuid4().hex))
     storage = Path(cfg.runs_dir).resolve() / "_ray"
     trainer = TorchTrainer(
         worker_main,
         train_loop_config=config_to_dict(cfg),
+        # the workers' process group follows their device (nccl on GPU workers, gloo on CPU)
+        torch_config=TorchConfig(backend=backend_for("cuda" if cfg.cluster.use_gpu else "cpu")),
         scaling_config=ScalingConfig(
             num_workers=cfg.cluster.num_workers,
             use_gpu=cfg.cluster.use_gpu,

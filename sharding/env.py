@@ -43,6 +43,13 @@ def pick_device(pref: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def backend_for(device_pref: str) -> str:
+    """The process-group backend for ``trainer.device``: nccl where the ranks train on CUDA
+    (NCCL takes CUDA tensors only), gloo on the CPU."""
+    cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
+    return "nccl" if cuda else "gloo"
+
+
 def current_env(device_pref: str = "auto") -> DistEnv:
     """The env of an already initialized process group (Ray Train, torchrun, ``launch``)."""
     if not dist.is_initialized():
@@ -76,8 +83,8 @@ def close_process_group() -> None:
         dist.destroy_process_group()
 
 
-def _spawned(rank: int, world_size: int, port: int, fn: Callable, args: Sequence[Any]) -> None:
-    init_process_group(rank, world_size, port)
+def _spawned(rank: int, world_size: int, port: int, backend: str, fn: Callable, args: Sequence[Any]) -> None:
+    init_process_group(rank, world_size, port, backend)
     try:
         fn(rank, world_size, *args)
     except BaseException:
@@ -88,14 +95,15 @@ def _spawned(rank: int, world_size: int, port: int, fn: Callable, args: Sequence
     close_process_group()
 
 
-def spawn(fn: Callable[..., None], world_size: int, *args: Any) -> None:
-    """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks (local processes).
+def spawn(fn: Callable[..., None], world_size: int, *args: Any, backend: str = "gloo") -> None:
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` local processes (gloo ranks, or
+    nccl ones on a GPU host: rank r on ``cuda:r``).
 
     ``fn`` must be importable (module level). Raises if any rank fails.
     """
     mp.start_processes(
         _spawned,
-        args=(world_size, free_port(), fn, args),
+        args=(world_size, free_port(), backend, fn, args),
         nprocs=world_size,
         join=True,
         start_method="spawn",
