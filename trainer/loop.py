@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from compactrec.embeddings.accounting import embedding_report
+from compactrec.embeddings.base import tables_on
 from compactrec.embeddings.factory import build_embeddings
 from compactrec.sharding.env import DistEnv, all_gather_object, all_reduce_sum
 from compactrec.sharding.shard import shard_model
@@ -208,7 +209,10 @@ def train(
     (and on rank 0 write) metrics."""
     check_dense_engine(cfg.dense)  # a missing package fails before data and model are built
     manifest = read_manifest(cfg.data.path)
-    unsharded = build_train_model(cfg, manifest)
+    # Tables on meta, the rest on the rank's device: DMP materialises only this rank's shards
+    # (no host ever holds the whole model), dense parts and id maps are built where they run.
+    with tables_on("meta"):
+        unsharded = build_train_model(cfg, manifest, env.device)
     sizes = embedding_report(
         embedding_module(unsharded),
         manifest.schema,

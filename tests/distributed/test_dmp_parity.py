@@ -13,6 +13,7 @@ only its own): threshold 3 with count importance promotes the frequent ids at st
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,16 @@ METHOD_OVERRIDES = {
     "mixed_dim": ["compression.ratio=4"],
     "cafe": ["compression.ratio=8", "embedding.cafe.threshold=3", "embedding.cafe.importance=count"],
 }
+# The compactrec.kernels ops each method's sharded training step must run (counted at the
+# dispatch point): the composition over TorchRec's looked-up rows, and the id hashing.
+KERNEL_OPS = {
+    "full": set(),
+    "hash": {"hash_remap"},
+    "qr": {"qr_compose_pool"},
+    "memcom": {"hash_remap", "scale_pool"},
+    "mixed_dim": {"project_sum"},
+    "cafe": {"hash_remap", "project_sum"},
+}
 EBC_TYPES = ["table_wise", "row_wise", "column_wise", "table_row_wise"]
 EC_TYPES = ["table_wise", "row_wise", "column_wise"]  # unpooled collections: no table_row_wise
 TYPES = {"full": EBC_TYPES, "hash": EBC_TYPES, "qr": EC_TYPES, "memcom": EC_TYPES, "mixed_dim": EC_TYPES,
@@ -47,6 +58,7 @@ def _ranks(rank: int, world: int, data: str, method: str, out: str) -> None:
 
 
 def _one(rank: int, world: int, data: str, method: str, sharding: str):
+    from compactrec.embeddings.base import tables_on
     from compactrec.sharding.shard import shard_model
     from compactrec.sharding.state import load_full_state_dict, local_shards
     from compactrec.trainer.config import load_config
@@ -63,14 +75,19 @@ def _one(rank: int, world: int, data: str, method: str, sharding: str):
 
     ref = build_train_model(cfg, manifest)
     ref_opt = build_optimizer(ref, cfg.optim)
-    dmp = shard_model(build_train_model(cfg, manifest), [sharding], {}, env)
+    with tables_on("meta"):  # as the training loop builds it: DMP materialises the shards
+        sharded = build_train_model(cfg, manifest, env.device)
+    dmp = shard_model(sharded, [sharding], {}, env)
     load_full_state_dict(dmp, ref.state_dict())
     opt = build_optimizer(dmp, cfg.optim)
     before = local_shards(dmp)
 
     reader = ParquetReader(manifest.split_files(data, "train"), manifest.schema, LOCAL_B * world)
     batches = iter(reader.epoch(0))
+    from compactrec.kernels import calls
+
     ref_losses, losses = [], []
+    kernel_calls: Counter = Counter()  # ops of compactrec.kernels run by the DMP steps alone
     for _ in range(STEPS):
         batch = next(batches)
         loss, _ = ref(batch)
@@ -78,10 +95,12 @@ def _one(rank: int, world: int, data: str, method: str, sharding: str):
         loss.backward()
         ref_opt.step()
         ref_losses.append(float(loss))
+        before_step = Counter(calls())
         loss, _ = dmp(slice_batch(batch, rank * LOCAL_B, (rank + 1) * LOCAL_B))
         opt.zero_grad()
         loss.backward()
         opt.step()
+        kernel_calls.update({op: n for (op, _backend), n in (Counter(calls()) - before_step).items()})
         losses.append(sum(all_gather_object(float(loss))) / world)
 
     batch = next(batches)
@@ -107,7 +126,7 @@ def _one(rank: int, world: int, data: str, method: str, sharding: str):
         hot = (ref_hot, dist_hot)
     anywhere = {k: any(g.get(k, False) for g in gathered) for k in set().union(*gathered)}
     return {"ref": ref_losses, "dmp": losses, "changed": anywhere, "ref_logits": ref_logits,
-            "logits": logits, "hot": hot}
+            "logits": logits, "hot": hot, "kernels": dict(kernel_calls)}
 
 
 @pytest.mark.distributed
@@ -123,6 +142,8 @@ def test_sharded_matches_unsharded_and_every_parameter_moves(tiny_data: Path, tm
                                    msg=lambda m: f"{where}: losses differ: {m}")
         torch.testing.assert_close(result["logits"], result["ref_logits"], rtol=1e-4, atol=1e-5,
                                    msg=lambda m: f"{where}: outputs differ: {m}")
+        ran = {op for op, n in result["kernels"].items() if n > 0}
+        assert KERNEL_OPS[method] <= ran, f"{where}: the DMP step ran kernels {ran}, expected {KERNEL_OPS[method]}"
         frozen = [k for k, moved in result["changed"].items() if not moved]
         assert not frozen, f"{where}: parameters that did not change after {STEPS} steps: {frozen}"
         tables = [k for k in result["changed"] if k.endswith(".weight") and "sparse_arch" in k]
