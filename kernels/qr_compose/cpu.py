@@ -15,7 +15,7 @@ import torch
 
 from compactrec.kernels._common import bag_of, inv_lengths
 from compactrec.kernels.qr_compose.reference import check_inputs
-from compactrec.kernels.row_scale.cpu import pool_rows
+from compactrec.kernels.row_scale.cpu import one_hot, pool_rows
 
 _CHUNK = 4096  # ids per chunk: three (4096, d) fp32 buffers stay in L2 for d <= 64
 
@@ -81,4 +81,7 @@ def qr_compose_pool(
 ) -> torch.Tensor:
     """q_rows, r_rows (nnz, d), offsets (B+1,) -> (B, d)."""
     offsets, mult, mean = check_inputs(q_rows, r_rows, offsets, operation, mode)
+    if one_hot(offsets, q_rows.shape[0]):  # bag j is id j: the composition is the output
+        q, r = q_rows.float(), r_rows.float()
+        return (q * r if mult else q + r).to(q_rows.dtype)
     return _QRComposePoolCPU.apply(q_rows, r_rows, offsets, mult, mean)

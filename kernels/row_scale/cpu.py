@@ -25,6 +25,17 @@ from compactrec.kernels.row_scale.reference import check_inputs
 _CHUNK = 4096  # ids per chunk: a few (4096, d) fp32 buffers stay in L2
 
 
+def one_hot(offsets: torch.Tensor, nnz: int) -> bool:
+    """Every bag holds exactly one id (the common case: Criteo's features are one-hot). Then
+    bag j is id j and pooling is the identity: the composition alone, through plain autograd,
+    beats any scatter. A host check, fine on this path (CPU tensors; on CUDA, ``auto`` takes
+    the Triton path and this is never asked)."""
+    b = offsets.numel() - 1
+    if nnz != b or offsets.is_cuda:
+        return False
+    return bool(torch.equal(offsets, torch.arange(b + 1, dtype=offsets.dtype, device=offsets.device)))
+
+
 def pool_rows(rows: torch.Tensor, offsets: torch.Tensor, bags: torch.Tensor,
               weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B, d) fp32: sum over bag b of weights_j * rows_j (weights (nnz,) fp32 or None)."""
@@ -97,4 +108,9 @@ def scale_pool(
 ) -> torch.Tensor:
     """rows (nnz, d), offsets (B+1,), scale / bias (nnz,) or (nnz, 1) or None -> (B, d)."""
     offsets, mean = check_inputs(rows, offsets, scale, bias, mode)
+    if one_hot(offsets, rows.shape[0]):  # mean of one id = sum
+        out = rows.float() if scale is None else rows.float() * scale.reshape(-1, 1).float()
+        if bias is not None:
+            out = out + bias.reshape(-1, 1).float()
+        return out.to(rows.dtype)
     return _ScalePoolCPU.apply(rows, offsets, scale, bias, mean)
