@@ -14,15 +14,18 @@ with a CUDA torch and Triton but no TorchRec / FBGEMM / Ray / OmegaConf runs it.
     on CUDA): every op, old (hash_scale_bag, qr_bag, mixed_dim_bag) and new (scale_pool,
     qr_compose_pool, project_sum, hash_remap), triton and cpu backends against the
     reference, output and every gradient, fp32 and bf16, odd shapes (empty bags, a long bag,
-    d not a power of two; with --tiny only the small cases). Outputs are poisoned (NaN) so
-    an element a kernel never writes fails. Also: each public op dispatches to triton under
+    d not a power of two, one-hot bags; with --tiny only the small cases). Outputs are
+    poisoned (NaN) so an element a kernel never writes fails. On CUDA the cases run in
+    --workers processes (Triton compiles hundreds of kernel variants, ~1 s of a core each;
+    a crashed worker is reported as a failed check, not a crashed run). Also: each public op dispatches to triton under
     ``auto`` and is counted by ``calls()``; and whether one training step of each op's
     Triton path is free of host syncs (``torch.cuda.set_sync_debug_mode``; informational).
 (c) Timings (``triton.testing.do_bench`` medians; perf_counter medians on CPU) of each op's
     forward and backward at a realistic shape (default B=16384, pooling 25, d=128, fp32)
     for the triton and reference backends beside ``F.embedding_bag`` (table of --rows
     rows) as the baseline, with the fraction of the measured copy bandwidth (a 1 GiB
-    ``copy_``) each reaches, from the traffic models in the kernel docstrings (``MODELS``).
+    ``copy_``) each reaches, from the traffic models in the kernel docstrings (written out
+    beside each case in ``timing_cases``; fp32 element sizes).
 (d) Writes everything to --out as JSON, prints a short table; exit code 1 if any parity
     check fails.
 """
@@ -34,6 +37,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -62,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=1_000_000, help="embedding_bag baseline / hashed table rows")
     p.add_argument("--no-timing", action="store_true")
     p.add_argument("--workers", type=int, default=None,
-                   help="parity processes on CUDA (default: up to 8, one per 2 CPU cores); 1 = in this process")
+                   help="parity processes (default on CUDA: up to 12, CPU cores - 2; on CPU 1 = in this process)")
     p.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # i/n: a worker's share of the parity cases
     a = p.parse_args(argv)
     if a.tiny:
@@ -303,10 +307,13 @@ def parity_cases(inp: Inputs, tiny: bool, dims: Sequence[int] = ()):
 
 
 def run_parity(inp: Inputs, tiny: bool, backends: Sequence[str], shard=(0, 1)) -> List[Dict]:
-    """Every parity case (or those of ``shard`` = (i, n): case k when k % n == i)."""
-    results = []
-    for k, (op, case, dtype, call, names, exact) in enumerate(parity_cases(inp, tiny)):
-        if k % shard[1] != shard[0]:
+    """Every parity case (or those of ``shard`` = (i, n): the i-th of n interleaved groups)."""
+    results, groups = [], {}
+    for op, case, dtype, call, names, exact in parity_cases(inp, tiny):
+        # shards split by (op, dtype, d): the kernel variants of one group compile in one process
+        group = groups.setdefault((op, str(dtype), re.search(r"d=\d+", case) and re.search(r"d=\d+", case)[0]),
+                                  len(groups))
+        if group % shard[1] != shard[0]:
             continue  # the inputs were still drawn: every shard sees the same cases
         try:
             if isinstance(exact, tuple):  # ("oracle", tensor): compare with a precomputed answer
@@ -400,8 +407,8 @@ def check_syncs(inp: Inputs) -> Dict[str, Dict]:
         try:
             call(mod_of[op])
             out[op] = dict(sync_free=True)
-        except RuntimeError as exc:
-            out[op] = dict(sync_free=False, where=str(exc).splitlines()[0][:200])
+        except Exception as exc:  # noqa: BLE001 - the sync check reports, it does not fail the run
+            out[op] = dict(sync_free=False, where=(str(exc).splitlines() or [repr(exc)])[0][:200])
         finally:
             torch.cuda.set_sync_debug_mode(0)
     return out
@@ -589,7 +596,7 @@ def main(argv=None) -> int:
         i, n = (int(x) for x in a.shard.split("/"))
         Path(a.out).write_text(json.dumps(run_parity(inp, a.tiny, ("triton", "cpu"), shard=(i, n)), default=str))
         return 0
-    workers = a.workers or (max(1, min(8, (os.cpu_count() or 2) // 2)) if cuda else 1)
+    workers = a.workers or (max(1, min(12, (os.cpu_count() or 2) - 2)) if cuda else 1)
     if workers > 1:
         parity = run_parity_sharded(a, workers, dev.type)
     else:
@@ -622,6 +629,8 @@ def main(argv=None) -> int:
             bw = f"{t['GBps']:8.1f} {t['frac_of_copy']:8.1%}" if "GBps" in t else f"{'':8s} {'':8s}"
             print(f"  {t['op']:16s} {t['variant']:10s} {t['phase']:5s} {t['ms']:9.3f} {bw}  {t['shape']}")
     report["wall_s"] = time.perf_counter() - t0
+    # what this run imported beyond the stdlib (the GPU machine has no TorchRec / FBGEMM / Ray / OmegaConf)
+    report["third_party_modules"] = sorted({m.split(".")[0] for m in sys.modules} - set(sys.stdlib_module_names))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))

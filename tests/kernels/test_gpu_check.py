@@ -40,4 +40,6 @@ def test_smoke_mode_writes_a_passing_report(tmp_path):
         assert {(op, "triton", "fwd"), (op, "triton", "bwd"), (op, "reference", "bwd")} <= timed, op
     assert ("hash_remap", "triton", "fwd") in timed and ("embedding_bag", "torch", "bwd") in timed
     assert report["copy_bandwidth_GBps"] > 0
+    banned = {"torchrec", "fbgemm_gpu", "ray", "omegaconf", "deepspeed"}  # absent on the GPU check machine
+    assert not banned & set(report["third_party_modules"]), report["third_party_modules"]
     assert all(0 < t["frac_of_copy"] for t in report["timing"] if "frac_of_copy" in t)
