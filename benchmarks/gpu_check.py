@@ -67,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-timing", action="store_true")
     p.add_argument("--workers", type=int, default=None,
                    help="parity processes (default on CUDA: up to 12, CPU cores - 2; on CPU 1 = in this process)")
+    p.add_argument("--parity-timeout", type=float, default=240, help="seconds for all parity workers together")
     p.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # i/n: a worker's share of the parity cases
     a = p.parse_args(argv)
     if a.tiny:
@@ -347,19 +348,27 @@ def run_parity_sharded(a, workers: int, device: str) -> List[Dict]:
     with tempfile.TemporaryDirectory() as tmp:
         procs = []
         for i in range(workers):
-            out = Path(tmp) / f"shard{i}.json"
+            out, log = Path(tmp) / f"shard{i}.json", Path(tmp) / f"shard{i}.log"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--device", device, "--out", str(out),
                    "--shard", f"{i}/{workers}"] + (["--tiny"] if a.tiny else [])
-            procs.append((i, out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+            with open(log, "w") as f:
+                procs.append((i, out, log, subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)))
+        deadline = time.monotonic() + a.parity_timeout
         results = []
-        for i, out, proc in procs:
-            log, _ = proc.communicate()
+        for i, out, log, proc in procs:
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            text = log.read_text(errors="replace")
             if proc.returncode == 0 and out.exists():
                 results += json.loads(out.read_text())
             else:
+                why = "timed out" if proc.returncode in (-9, 137) else f"exit code {proc.returncode}"
                 results.append(dict(op=f"shard {i}", case="worker process", backend="-", dtype="-", ok=False,
-                                    max_abs_err={}, problems=[f"exit code {proc.returncode}", *log.splitlines()[-15:]]))
-            for line in log.splitlines():
+                                    max_abs_err={}, problems=[why, *text.splitlines()[-15:]]))
+            for line in text.splitlines():
                 if "FAIL" in line:
                     print(line)
     return results
@@ -602,8 +611,8 @@ def main(argv=None) -> int:
     else:
         parity = run_parity(inp, a.tiny, backends=("triton", "cpu"))
     os.environ.pop(POISON_ENV, None)
-    per_op = {op: dict(ok=all(r["ok"] for r in parity if r["op"] == op),
-                       cases=sum(r["op"] == op for r in parity)) for op in OPS}
+    per_op = {op: dict(ok=any(r["op"] == op for r in parity) and all(r["ok"] for r in parity if r["op"] == op),
+                       cases=sum(r["op"] == op for r in parity)) for op in OPS}  # no checks is a failure
     report.update(parity=parity, parity_by_op=per_op, parity_workers=workers, parity_ok=all(
         r["ok"] for r in parity) and all(v["cases"] for v in per_op.values()))
     report["dispatch"] = check_dispatch(inp, cuda)
