@@ -208,7 +208,8 @@ def parity_cases(inp: Inputs, tiny: bool, dims: Sequence[int] = ()):
                      params=params):
                 return forward_backward(lambda: mod.hash_scale_bag(values, offsets, table, scale, bias, seed=3,
                                                                    hashed=hashed, mode=mode), params, g)
-            yield "hash_scale_bag", f"{tag} hashed={hashed} scale={with_s} bias={with_b} {mode}", dtype, call, names, False
+            label = f"{tag} hashed={hashed} scale={with_s} bias={with_b} {mode}"
+            yield "hash_scale_bag", label, dtype, call, names, False
 
         # qr_bag: ids + quotient / remainder tables
         mq, n_ids = (7, 63) if small else (100, 10_000)
@@ -447,7 +448,6 @@ def copy_bandwidth(dev, cuda: bool) -> float:
     src = torch.empty(n, dtype=torch.float32, device=dev)
     dst = torch.empty_like(src)
     ms = bench(lambda: dst.copy_(src), cuda)
-    del src, dst
     return 2 * n * 4 / (ms * 1e-3)
 
 
@@ -497,7 +497,6 @@ def timing_cases(a, inp: Inputs):
     q, r = inp.leaf((nnz, d), torch.float32, 1.0), inp.leaf((nnz, d), torch.float32, 1.0)
     yield ("qr_compose_pool", f"nnz={nnz} d={d} mult", per_backend("qr_compose_pool", lambda m: m.qr_compose_pool(
         q, r, offsets), [q, r]), nnz * 2 * e * d + bsz * (16 + e * d), nnz * 4 * e * d + bsz * (16 + e * d))
-    del q, r
 
     widths, proj = [d, d // 2, d // 4, max(1, d // 8)], [False, True, True, True]
     blocks = [inp.leaf((bsz, wk), torch.float32) for wk in widths]
@@ -525,7 +524,8 @@ def timing_cases(a, inp: Inputs):
     values = inp.ints(n_ent, nnz)
     hs_table, hs_scale = inp.leaf((hs_rows, d), torch.float32), inp.leaf((n_ent,), torch.float32, 1.0)
     yield ("hash_scale_bag", f"nnz={nnz} d={d} rows={hs_rows} entities={n_ent}", per_backend(
-        "hash_scale_bag", lambda m: m.hash_scale_bag(values, offsets, hs_table, hs_scale, seed=1), [hs_table, hs_scale]),
+        "hash_scale_bag", lambda m: m.hash_scale_bag(values, offsets, hs_table, hs_scale, seed=1),
+        [hs_table, hs_scale]),
         nnz * (s + e * d + 4) + bsz * e * d + 8 * (bsz + 1),
         nnz * (2 * s + 40 + 16 + 4 * d + 12) + hs_rows * (16 + e * d) + min(hs_rows, nnz) * e * d)
     m = 1000
@@ -547,7 +547,8 @@ def timing_cases(a, inp: Inputs):
         "mixed_dim_bag", lambda mod: mod.mixed_dim_bag(md_values, offsets, bo, md_tables, projs),
         md_tables + present),
         sum(n * e * wk for n, wk in zip(nnz_k, widths)) + nnz * s + bsz * e * d,
-        sum(n * (56 + 4 * wk) for n, wk in zip(nnz_k, widths)) + sum(n * (16 + e * wk) for n, wk in zip(md_rows, widths)))
+        sum(n * (56 + 4 * wk) for n, wk in zip(nnz_k, widths))
+        + sum(n * (16 + e * wk) for n, wk in zip(md_rows, widths)))
 
 
 def run_timing(a, inp: Inputs, cuda: bool, copy_bw: float) -> List[Dict]:
