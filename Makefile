@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast bench lock lock-gpu check-gpu-lock clean
+.PHONY: venv demo test test-fast bench gpu-check compile-check lock lock-gpu check-gpu-lock clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,18 @@ test-fast: venv
 
 bench: venv
 	OMP_NUM_THREADS=1 $(PY) benchmarks/reader.py
+
+# Kernel parity + timings on a CUDA machine, from the raw tree: no venv, no install (that machine
+# has its own torch/triton/numpy and no TorchRec); `make gpu-check PYTHON=python3` there. The
+# report goes to $(OUT)/gpu_check.json when OUT is set (the GPU machine sets it), else ./.
+GPU_CHECK_JSON ?= $(if $(OUT),$(OUT)/gpu_check.json,gpu_check.json)
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py --out $(GPU_CHECK_JSON)
+
+# Compile every kernel launch of the parity cases for sm_90 without a GPU (what the interpreter
+# cannot check); TRITON_PATH=DIR compiles with another Triton, e.g. the GPU machine's 3.6.
+compile-check: venv
+	$(PY) benchmarks/triton_compile_check.py --out compile_check.json $(if $(TRITON_PATH),--triton-path $(TRITON_PATH))
 
 lock: venv
 	( head -4 requirements.lock; $(PIP) freeze --all | grep -v -e "^-e" -e compactrec \

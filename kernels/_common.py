@@ -123,11 +123,14 @@ def tile_sizes(
     size (known without a device sync: nnz / groups), capped so a skewed tile still moves.
     The element budget bounds registers on a GPU (~32 fp32 registers/thread at 4 warps);
     under the interpreter every program step is one numpy call, so tiles there are larger.
+    BLOCK_N is at least 2: Triton 3.7.1's compiler crashes (TritonGPURemoveLayoutConversions)
+    on some (G, 1, D) tiles, e.g. hash_scale_bag's forward at one-hot bags and d = 128
+    (G = 32); 3.6 compiles them. benchmarks/triton_compile_check.py finds such launches.
     """
     budget = 1 << 15 if interpreting() else 4096
     block_d = next_pow2(width) if full_width else min(next_pow2(width), 256)
     avg = max(1, math.ceil(items / max(num_groups, 1)))
-    block_n = min(next_pow2(avg), 32, max(1, budget // (block_d * min_groups)))
+    block_n = max(2, min(next_pow2(avg), 32, max(1, budget // (block_d * min_groups))))
     block_g = max(min_groups, min(128, budget // (block_n * block_d), next_pow2(num_groups)))
     return block_g, block_n, block_d
 

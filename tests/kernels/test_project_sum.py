@@ -99,3 +99,19 @@ def test_rejects_bad_shapes():
         for match, (blocks, projs) in bad.items():
             with pytest.raises(ValueError, match=match):
                 op_module("projection", b).project_sum(blocks, projs)
+
+
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
+def test_blocks_as_column_slices(backend):
+    """Blocks sliced out of one pooled (B, sum d_k) tensor (a KeyedTensor's values): row stride != d_k."""
+    gen = torch.Generator().manual_seed(13)
+    pooled = leaf((21, D + 5 + 13), torch.float32, gen)
+    projs = [None, leaf((5, D), torch.float32, gen), leaf((13, D), torch.float32, gen)]
+    g = torch.randn(21, D, generator=gen).to(DEVICE)
+
+    def call(mod):
+        blocks = [pooled[:, :D], pooled[:, D : D + 5], pooled[:, D + 5 :]]
+        out, grads = run(lambda: mod.project_sum(blocks, projs), [pooled, projs[1], projs[2]], g)
+        return (out, *grads)
+    assert_same(call(op_module("projection", backend)), call(op_module("projection", "reference")),
+                ["out", "pooled", "proj1", "proj2"], torch.float32)

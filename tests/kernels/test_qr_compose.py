@@ -85,3 +85,19 @@ def test_rejects_bad_inputs():
             mod.qr_compose_pool(q, r[:, :3], offsets)
         with pytest.raises(ValueError, match="offsets run"):
             mod.qr_compose_pool(q[1:], r[1:], offsets)
+
+
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
+def test_strided_rows(backend):
+    """q and r as the two halves of one (nnz, 2d) lookup: row stride 2d."""
+    gen = torch.Generator().manual_seed(12)
+    nnz = sum(LENGTHS)
+    both = leaf((nnz, 14), torch.float32, gen, around=1.0)
+    g = torch.randn(len(LENGTHS), 7, generator=gen).to(DEVICE)
+    offsets = offsets_of(LENGTHS)
+
+    def call(mod):
+        out, grads = run(lambda: mod.qr_compose_pool(both[:, :7], both[:, 7:], offsets, mode="mean"), [both], g)
+        return (out, *grads)
+    assert_same(call(op_module("qr_compose", backend)), call(op_module("qr_compose", "reference")),
+                ["out", "both"], torch.float32)

@@ -71,6 +71,10 @@ def test_only_some_gradients(backend):
     got = torch.autograd.grad(mod.scale_pool(frozen, offsets, scale), [scale], g)[0]
     want = torch.autograd.grad(ref.scale_pool(frozen, offsets, scale), [scale], g)[0]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for mode in ("sum", "mean"):  # only the bias trained
+        got = torch.autograd.grad(mod.scale_pool(frozen, offsets, scale.detach(), bias, mode=mode), [bias], g)[0]
+        want = torch.autograd.grad(ref.scale_pool(frozen, offsets, scale.detach(), bias, mode=mode), [bias], g)[0]
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_composes_per_id():
@@ -97,3 +101,20 @@ def test_rejects_bad_inputs():
             mod.scale_pool(rows[:-1], offsets)
         with pytest.raises(ValueError, match="2-D float"):
             mod.scale_pool(rows[:, 0], offsets)
+
+
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
+def test_strided_rows(backend):
+    """rows as a column slice of a wider lookup (row stride != d), and a transposed (non-unit column stride) copy."""
+    gen = torch.Generator().manual_seed(11)
+    nnz = sum(LENGTHS)
+    wide = leaf((nnz, 20), torch.float32, gen)
+    scale = leaf((nnz,), torch.float32, gen, around=1.0)
+    g = torch.randn(len(LENGTHS), 9, generator=gen).to(DEVICE)
+    offsets = offsets_of(LENGTHS)
+    for rows_of in (lambda w: w[:, 3:12], lambda w: w.t().contiguous().t()[:, :9]):
+        def call(mod):
+            out, grads = run(lambda: mod.scale_pool(rows_of(wide), offsets, scale, mode="mean"), [wide, scale], g)
+            return (out, *grads)
+        assert_same(call(op_module("row_scale", backend)), call(op_module("row_scale", "reference")),
+                    ["out", "wide", "scale"], torch.float32)
