@@ -219,6 +219,7 @@ class TrainerConfig:
     checkpoint_dir: str = ""  # default: RUN_DIR/checkpoints
     keep_checkpoints: int = 2  # newest valid checkpoints kept (also Ray's num_to_keep)
     resume_from: str = ""  # a checkpoint folder, a folder of them (latest valid), or "latest"
+    resume_changes: List[str] = field(default_factory=list)  # keys/sections allowed to differ from the saved run (trainer/fingerprint.py)
     max_failures: int = 0  # worker failures to survive (Ray FailureConfig / local retries)
     fault_at_step: int = -1  # test knob: the last rank dies once at this step
     run_id: str = ""  # set by the launcher per launch: a restarted worker group finds its own checkpoints

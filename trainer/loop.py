@@ -22,6 +22,7 @@ from compactrec.sharding.env import DistEnv, all_gather_object, all_reduce_sum
 from compactrec.sharding.shard import shard_model
 from compactrec.trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from compactrec.trainer.config import RunConfig, config_to_dict, save_config
+from compactrec.trainer.fingerprint import run_fingerprint
 from compactrec.data.reader.id_counts import count_ids
 from compactrec.data.reader.manifest import Manifest, read_manifest
 from compactrec.data.reader.parquet import ParquetReader
@@ -222,12 +223,17 @@ def train(
     _check_same_data(train_reader, eval_reader)
     out = run_dir(cfg)
     ckpt_root = checkpoint_root(cfg)
-    state = TrainState(step=0, epoch=0, world_size=env.world_size, config=config_to_dict(cfg), run_id=cfg.trainer.run_id)
+    fingerprint = run_fingerprint(cfg, manifest.digest)
+    state = TrainState(
+        step=0, epoch=0, world_size=env.world_size, config=config_to_dict(cfg), run_id=cfg.trainer.run_id,
+        fingerprint=fingerprint,
+    )
     if resume is not None:
-        state = load_checkpoint(resume, engine)
+        state = load_checkpoint(resume, engine, fingerprint, cfg.trainer.resume_changes)
         if env.is_main:
             print(f"compactrec: resumed from {resume} at step {state.step} (epoch {state.epoch})", flush=True)
         state.world_size, state.run_id = env.world_size, cfg.trainer.run_id
+        state.config, state.fingerprint = config_to_dict(cfg), fingerprint  # the next resume compares with this run
 
     writer = None
     if env.is_main and cfg.trainer.tensorboard:
