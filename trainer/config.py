@@ -62,8 +62,9 @@ class DataConfig:
     prefetch_batches: int = 8  # bounded queue of the background reader thread
     shuffle: bool = True  # row-group order per epoch (seeded) + rows within each row group
     dense_transform: str = "log1p"  # log1p (clamp negatives to 0, then log(x + 1)) | none
-    validate: bool = True  # check ids < cardinality, ids >= 0, labels finite and in {0, 1}
+    validate: bool = True  # check ids in [0, cardinality), labels in {0, 1}, dense values finite; eval files before training
     on_bad_file: str = "fail"  # fail | skip (skip: warn, count in metrics, keep ranks in step)
+    non_finite: str = "fail"  # dense NaN/inf (not nulls) under `validate`: fail | zero (replace with 0, count in metrics)
     synthesize_if_missing: bool = False  # generate `synth` data at `path` when absent
 
 
@@ -271,6 +272,7 @@ _CHOICES: Dict[str, Sequence[str]] = {
     "trainer.device": ("auto", "cpu", "cuda"),
     "data.dense_transform": ("log1p", "none"),
     "data.on_bad_file": ("fail", "skip"),
+    "data.non_finite": ("fail", "zero"),
     "synth.cardinalities": ("criteo_tb_40m", "criteo_kaggle"),
 }
 
