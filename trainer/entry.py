@@ -111,7 +111,14 @@ def worker_main(config: Dict[str, Any]) -> Dict[str, Any]:
             from_ray = None
         found = [p for p in (from_ray, own) if p is not None]
         resume = max(found, key=_step_of) if found else resume_path(cfg)
-        metrics = train(cfg, env, progress=progress, resume=resume, on_checkpoint=report_checkpoint)
+        try:
+            metrics = train(cfg, env, progress=progress, resume=resume, on_checkpoint=report_checkpoint)
+        except Exception as e:  # Ray reports errors per rank: say where (cluster/fault_message.py)
+            where = getattr(e, "compactrec_where", None)
+            if where is None:
+                raise
+            first = next((line for line in str(e).splitlines() if line.strip()), "")
+            raise RuntimeError(f"{where}: {type(e).__name__}: {first}") from e
     ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
     return metrics
 

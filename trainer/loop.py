@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -279,36 +280,43 @@ def train(
         if on_checkpoint is not None:
             on_checkpoint(path, {"step": state.step, "epoch": epoch})
 
-    for epoch in range(state.epoch, cfg.trainer.epochs):
-        cursor = state.cursor if epoch == state.epoch else None
-        steps = train_reader.num_steps(epoch, cursor)
-        bar = None
-        if progress is not None and env.is_main and cfg.trainer.progress_bar:
-            bar = progress(total=steps, desc=f"{cfg.name} epoch {epoch}")
-        t0 = time.perf_counter()
-        for batch in train_reader.epoch(epoch, cursor):
-            loss, _ = engine.forward(batch.to(env.device))
-            engine.zero_grad()
-            engine.backward(loss)
-            engine.step()
-            state.step += 1
-            state.samples += samples_per_step
-            run_steps += 1
-            if state.step % cfg.trainer.log_every == 0 or run_steps == 1:
-                last_loss = float(loss.detach())
-                if writer is not None:
-                    writer.add_scalar("train/loss", last_loss, state.step)
+    try:
+        for epoch in range(state.epoch, cfg.trainer.epochs):
+            cursor = state.cursor if epoch == state.epoch else None
+            steps = train_reader.num_steps(epoch, cursor)
+            bar = None
+            if progress is not None and env.is_main and cfg.trainer.progress_bar:
+                bar = progress(total=steps, desc=f"{cfg.name} epoch {epoch}")
+            t0 = time.perf_counter()
+            for batch in train_reader.epoch(epoch, cursor):
+                loss, _ = engine.forward(batch.to(env.device))
+                engine.zero_grad()
+                engine.backward(loss)
+                engine.step()
+                state.step += 1
+                state.samples += samples_per_step
+                run_steps += 1
+                if state.step % cfg.trainer.log_every == 0 or run_steps == 1:
+                    last_loss = float(loss.detach())
+                    if writer is not None:
+                        writer.add_scalar("train/loss", last_loss, state.step)
+                if bar is not None:
+                    bar.update(1)
+                if every > 0 and state.step % every == 0:
+                    train_seconds += time.perf_counter() - t0
+                    checkpoint(epoch, train_reader.cursor())
+                    t0 = time.perf_counter()
+                _inject_fault(cfg, env, state.step)
+            train_seconds += time.perf_counter() - t0
             if bar is not None:
-                bar.update(1)
-            if every > 0 and state.step % every == 0:
-                train_seconds += time.perf_counter() - t0
-                checkpoint(epoch, train_reader.cursor())
-                t0 = time.perf_counter()
-            _inject_fault(cfg, env, state.step)
-        train_seconds += time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
-        state.epoch, state.cursor = epoch + 1, None
+                bar.close()
+            state.epoch, state.cursor = epoch + 1, None
+    except Exception as e:  # where it broke, for the launcher's message (entry.py, cluster/fault_message.py)
+        e.compactrec_where = (  # type: ignore[attr-defined]
+            f"rank {env.rank} on node {socket.gethostname()} (pid {os.getpid()}) after step {state.step} "
+            f"(epoch {state.epoch})"
+        )
+        raise
     if every >= 0:
         checkpoint(state.epoch, None)
 

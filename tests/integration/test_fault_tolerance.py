@@ -6,6 +6,7 @@ previous one gives the same final weights."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,19 @@ def test_killed_worker_is_replaced_and_the_run_ends_bitwise_equal(tiny_data: Pat
     assert faulty["weights_digest"] == clean["weights_digest"]  # bitwise: tables, dense, sketch
     for key in ("auc", "logloss", "ne", "steps", "samples"):
         assert faulty[key] == clean[key], key
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(900)
+def test_a_failed_ray_run_names_the_rank_node_and_step(tiny_data: Path, tmp_path: Path):
+    r = subprocess.run([sys.executable, "-m", "compactrec", "train", "configs/methods/hash.yaml", *TINY,
+                        f"data.path={tiny_data}", f"runs_dir={tmp_path}", "name=dies", "cluster.num_workers=2",
+                        "trainer.launcher=ray", "trainer.fault_at_step=3", "trainer.max_failures=0"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr[-3000:]
+    error = [line for line in r.stderr.splitlines() if line.startswith("compactrec train: error:")][-1]
+    assert re.search(r"rank 1 on node \S+ \(\S+, pid \d+\) died after step 3 ", error), error
+    assert re.search(r"rank 0 on node \S+ \(pid \d+\) after step 3 \(epoch 0\)", error), error
 
 
 @pytest.mark.distributed
