@@ -43,6 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from compactrec.io import atomic_write_json, atomic_write_text
 from compactrec.trainer.checkpoint_manifest import (
@@ -178,8 +179,10 @@ def _content_check(folder: Path, files: Dict[str, Any]):
         elif _RNG.fullmatch(name):
             try:
                 t = torch.load(path, weights_only=True)
-            except Exception as e:
-                return f"not an RNG state ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            except Exception as e:  # weights_only refuses anything but tensors and plain containers
+                lines = [line.strip() for line in str(e).splitlines()]
+                why = next((line for line in lines if "Unsupported global" in line), type(e).__name__)
+                return f"not an RNG state (torch.load(weights_only=True) refused it: {why})"
             if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8:
                 return f"not an RNG state (a {type(t).__name__})"
         elif name == META:
@@ -219,13 +222,13 @@ def problem(path: str | Path, collective: bool = False) -> Optional[str]:
             if _VERIFIED.get(str(folder.resolve())) != key:
                 sizes = {n: e["size"] for n, e in files.items()}
                 found = deep_problems(folder, files, shares(sizes, world)[rank], _content_check(folder, files))
-                mine = found[0] if found else None
+                mine = "; ".join(found) if found else None
     except CheckpointError as e:
         mine = str(e)
     except OSError as e:
         mine = f"unreadable ({e})"
     if collective and world > 1:
-        mine = next((p for p in _gather(mine) if p), None)
+        mine = "; ".join(p for p in _gather(mine) if p) or None
     if mine is None:
         _VERIFIED[str(folder.resolve())] = key
     return mine
@@ -330,6 +333,19 @@ def _metadata_check(folder: Path, files: Dict[str, Any]):
     return check
 
 
+def _dcp_reason(e: BaseException) -> str:
+    """The first rank's own error out of DCP's ``CheckpointException`` ("Missing key ...",
+    "Size mismatch ...", a refused unpickle), in one line."""
+    failures = getattr(e, "failures", None)
+    if isinstance(failures, dict) and failures:
+        rank, wrapped = sorted(failures.items())[0]
+        inner = wrapped[0] if isinstance(wrapped, tuple) else wrapped
+        first = next((line for line in str(inner).splitlines() if line.strip()), "")
+        return f"rank {rank}: {type(inner).__name__}: {first[:300]}"
+    first = next((line for line in str(e).splitlines() if line.strip()), "")
+    return f"{type(e).__name__}: {first[:300]}"
+
+
 def load_checkpoint(
     path: str | Path,
     engine,
@@ -362,9 +378,8 @@ def load_checkpoint(
         dcp.load(payload, storage_reader=VerifiedReader(path, _metadata_check(path, files)), planner=SafeLoadPlanner())
     except CheckpointError:
         raise
-    except Exception as e:  # DCP's "Missing key" / "Size mismatch" and its per-rank wrapper
-        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise CheckpointError(f"{path}: its tensors do not fit this model ({first[:300]})") from e
+    except (Exception, CheckpointException) as e:  # DCP's per-rank wrapper derives from BaseException
+        raise CheckpointError(f"{path}: its tensors do not fit this model ({_dcp_reason(e)})") from e
     engine.load_state_dict(payload)
     engine.load_files(path)
     from compactrec.sharding.cafe import after_load

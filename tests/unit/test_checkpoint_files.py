@@ -166,3 +166,25 @@ def test_a_manifest_cannot_point_outside_its_folder(tmp_path: Path):
     m["files"]["../../etc/passwd"] = {"size": 1, "digest": "0" * 64}
     (path / MANIFEST).write_text(json.dumps(m))
     assert "bad entry '../../etc/passwd'" in problem(path)
+
+
+def test_an_index_that_calls_a_tensor_bytes_cannot_make_the_loader_unpickle(tmp_path: Path):
+    """DCP's default planner unpickles "bytes" entries fully; a crafted (and resealed)
+    index that says a tensor is bytes must not turn the load into code execution."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
+
+    marker = tmp_path / "marker"
+    path = _save(tmp_path / "ckpt", 1)
+    md = pickle.loads((path / ".metadata").read_bytes())  # the test's own file: trusted here
+    payload = tmp_path / "payload.pt"
+    torch.save(Planted(marker), payload)
+    (path / "__9_0.distcp").write_bytes(payload.read_bytes())
+    md.state_dict_metadata["model.w"] = BytesStorageMetadata()
+    md.storage_data = {MetadataIndex("model.w"): _StorageInfo("__9_0.distcp", 0, payload.stat().st_size)}
+    (path / ".metadata").write_bytes(pickle.dumps(md))
+    _reseal(path)
+    assert problem(path) is None  # a well-formed index over listed files: only the load can tell
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(path, StubEngine())
+    assert not marker.exists()
