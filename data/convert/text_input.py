@@ -124,7 +124,7 @@ def count_line_starts(path: str, start: int, stop: int, block_bytes: int = 1 << 
     return count
 
 
-_GZ_READ = 1 << 20  # compressed bytes read at a time
+_GZ_READ = 1 << 16  # compressed bytes read at a time (also how closely a corrupt byte is located)
 
 
 def gunzip_blocks(raw: BinaryIO, path: str, block_bytes: int, progress: Optional[Callable[[int], None]] = None) -> Iterator[bytes]:

@@ -242,6 +242,7 @@ class ParquetReader:
         by_file: Dict[str, List[RowGroupRef]] = {}
         for ref in self.row_groups:
             by_file.setdefault(ref.file, []).append(ref)
+        replaced = self.non_finite_replaced  # what training reads is counted then, not here
         for path in list(by_file)[rank::world_size]:
             refs = by_file[path]
             try:
@@ -254,6 +255,7 @@ class ParquetReader:
                         self._read_block(ref, 0, {path: pf})
             except DataError as e:
                 out.append(str(e))
+        self.non_finite_replaced = replaced
         return out
 
     # ---- reading -------------------------------------------------------------------
