@@ -100,6 +100,11 @@ def _gather(obj: Any) -> List[Any]:
     return all_gather_object(obj)
 
 
+def from_rank0(obj: Any) -> Any:
+    """Collective: rank 0's ``obj`` on every rank (``obj`` itself without a process group)."""
+    return _gather(obj if _rank() == 0 else None)[0]
+
+
 def step_dir(root: Path, step: int) -> Path:
     return Path(root) / f"{PREFIX}{step:09d}"
 
@@ -137,7 +142,7 @@ def _write_manifest(folder: Path, step: int) -> None:
     share of the bytes (``shares``: reading is what costs, and it is spread over the ranks'
     storage clients), rank 0 writes ``manifest.json`` from the gathered digests. Listing on
     one rank only: another node's view of shared storage may lag."""
-    sizes = _gather(list_files(folder) if _rank() == 0 else None)[0]
+    sizes = from_rank0(list_files(folder) if _rank() == 0 else None)
     mine = hash_files(folder, shares(sizes, _world())[_rank()])
     entries: Dict[str, Any] = {}
     for part in _gather(mine):
@@ -228,7 +233,7 @@ def problem(path: str | Path, collective: bool = False) -> Optional[str]:
     except OSError as e:
         mine = f"unreadable ({e})"
     if collective and world > 1:
-        mine = "; ".join(p for p in _gather(mine) if p) or None
+        mine = "; ".join(dict.fromkeys(p for p in _gather(mine) if p)) or None  # each reason once
     if mine is None:
         _VERIFIED[str(folder.resolve())] = key
     return mine
@@ -276,9 +281,10 @@ def find_checkpoint(
     """The newest usable checkpoint under ``root`` (of launch ``run_id`` if given) and the
     reasons the newer ones were skipped (each naming its folder and file, also warned)."""
     skipped: List[str] = []
-    for path in checkpoints(root):
-        if run_id is not None and _run_id(path) != run_id:
-            continue  # another launch's (read from JSON only)
+    candidates = [p for p in checkpoints(root) if run_id is None or _run_id(p) == run_id]  # JSON only
+    if collective:  # one list for all ranks: another node's view of shared storage may lag
+        candidates = from_rank0(candidates)
+    for path in candidates:
         why = problem(path, collective)
         if why is None:
             return path, skipped

@@ -20,7 +20,7 @@ quiet_third_party()  # before torchrec / fbgemm are imported: they log at import
 import torch  # noqa: E402
 
 from compactrec.sharding.env import current_env  # noqa: E402
-from compactrec.trainer.checkpoint import META, CheckpointError, find_checkpoint, problem  # noqa: E402
+from compactrec.trainer.checkpoint import META, CheckpointError, find_checkpoint, from_rank0, problem  # noqa: E402
 from compactrec.trainer.config import RunConfig, config_from_dict  # noqa: E402
 from compactrec.trainer.loop import checkpoint_root, train  # noqa: E402
 
@@ -50,7 +50,7 @@ def resume_path(cfg: RunConfig) -> Optional[Path]:
     if spec == "latest":
         return find_checkpoint(checkpoint_root(cfg), collective=True)[0]
     path = Path(spec)
-    if _is_one_checkpoint(path):
+    if from_rank0(_is_one_checkpoint(path)):  # every rank takes the same branch of collectives
         why = problem(path, collective=True)
         if why is not None:
             raise CheckpointError(f"trainer.resume_from={spec}: not a usable checkpoint: {why}")
