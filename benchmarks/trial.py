@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/trial.py [--only SUBSTRING] [--skip-slow] [--work DIR]
 
-Every case (``benchmarks/trial_cases.py``) does what a new user or an attacker would:
+Every case (``benchmarks/trial_cases/``, one module per group) does what a new user or an attacker would:
 a bad knob, a bad value in a shard, a planted or damaged checkpoint file, a resume with
 other settings, a killed worker or converter. Each ends in one outcome:
 

@@ -124,15 +124,19 @@ def metrics(runs: Path, name: str) -> Dict[str, Any]:
 
 
 def expect_error(run: Run, pattern: str) -> Tuple[str, str]:
-    """``clear`` when the command failed with a message matching ``pattern`` and no traceback."""
+    """``clear`` when the command stopped through CompactRec's own error path (exit 2, or 130
+    for Ctrl-C) with a message matching ``pattern``. An exception that escaped, another exit
+    code (1: Python's uncaught exception, a signal) or a message that does not match is a
+    ``crash``. Ray's forwarded worker logs may hold tracebacks above the final line: they are
+    logs, the exit path is what counts."""
     if run.exc:
         return "crash", run.exc.strip().splitlines()[-1][:200]
     if run.rc == 0:
         return "silent", "exit 0"
-    if "Traceback" in run.err:
-        return "crash", "traceback: " + run.err.strip().splitlines()[-1][:200]
-    lines = [line for line in run.err.splitlines() if "error" in line.lower()] or run.err.strip().splitlines() or [""]
-    msg = lines[-1][:300]
+    ours = [line for line in run.err.splitlines() if line.startswith("compactrec ")]
+    msg = (ours or run.err.strip().splitlines() or [""])[-1][:300]
+    if run.rc not in (2, 130):
+        return "crash", f"exit {run.rc}: {msg}"
     return ("clear", msg) if re.search(pattern, run.err) else ("crash", f"unclear error: {msg}")
 
 
@@ -144,3 +148,17 @@ def expect_ok(run: Run, check: Callable[[], Tuple[bool, str]]) -> Tuple[str, str
         return "crash", f"exit {run.rc}: " + (run.err.strip().splitlines() or [""])[-1][:200]
     ok, detail = check()
     return ("recovered" if ok else "silent"), detail
+
+
+Outcome = Tuple[str, str]  # (one of OUTCOMES, what it said / did)
+CASES: List[Tuple[str, str, Callable[[Ctx], Outcome], bool]] = []  # (name, group, fn, slow), run in order
+
+
+def case(group: str, slow: bool = False):
+    """Register ``fn(ctx) -> Outcome`` as a case of ``group`` under its own name."""
+
+    def register(fn):
+        CASES.append((fn.__name__, group, fn, slow))
+        return fn
+
+    return register
