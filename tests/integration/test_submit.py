@@ -186,4 +186,4 @@ def test_submit_runs_the_demo_from_the_shipped_code(tmp_path: Path):
         assert "Bayes AUC" in r.stdout and "submit1" in r.stdout  # the job's summary table, streamed
     metrics = json.loads((remote / "runs" / "submit1" / "metrics.json").read_text())
     assert metrics["world_size"] == 1 and metrics["steps"] == 4096 // 128
-    assert (remote / "data" / "demo" / "_manifest.json").exists()  # relative data.path -> --remote-dir
+    assert (remote / "datasets" / "demo" / "_manifest.json").exists()  # relative data.path -> --remote-dir
