@@ -17,7 +17,8 @@ other settings, a killed worker or converter. Each ends in one outcome:
 
 Runs in-process where it can (``compactrec.cli.main``, local launcher, 1 worker), in
 subprocesses for signals and Ray. Writes ``benchmarks/results/trial.{json,md}``. About
-10 minutes on 2 loaded cores (``--skip-slow`` leaves out the Ray and 2-rank cases: ~5 min).
+5 minutes on 2 loaded cores (``--skip-slow`` leaves out the Ray and 2-rank cases: ~2 min).
+``benchmarks/results/trial_before_issue15.md``: the same cases against the code before issue 15.
 """
 
 from __future__ import annotations
