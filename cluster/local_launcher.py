@@ -33,6 +33,7 @@ def run_local(cfg: RunConfig) -> Dict[str, Any]:
         except Exception as e:  # a rank died: start again from the latest checkpoint
             if attempt == cfg.trainer.max_failures:
                 raise
-            print(f"compactrec: a worker failed ({type(e).__name__}); restarting from the latest checkpoint", flush=True)
+            first = next((line for line in str(e).splitlines() if line.strip()), "")
+            print(f"compactrec: a worker failed ({type(e).__name__}: {first}); restarting from the latest checkpoint", flush=True)
             config = config_to_dict(replace(cfg, trainer=replace(cfg.trainer, resume_from="latest")))
     return json.loads((run_dir(cfg) / "metrics.json").read_text())

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
+from compactrec.cluster.fault_message import describe_failure
 from compactrec.trainer.config import RunConfig, config_to_dict
 from compactrec.trainer.entry import worker_main
 from compactrec.trainer.loop import run_dir
@@ -83,11 +84,5 @@ def run_ray(cfg: RunConfig) -> Dict[str, Any]:
         try:
             trainer.fit()
         except Exception as e:  # Ray wraps worker errors; surface the worker's own message
-            raise RuntimeError(f"training failed on a Ray worker: {_root_message(e)}") from e
+            raise RuntimeError(f"training failed on Ray workers: {describe_failure(e)}") from e
     return json.loads((run_dir(cfg) / "metrics.json").read_text())
-
-
-def _root_message(e: BaseException) -> str:
-    """The last line of the innermost error text (the worker's own exception)."""
-    text = str(e).strip().splitlines()
-    return text[-1] if text else type(e).__name__

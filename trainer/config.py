@@ -20,6 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from compactrec.trainer.config_checks import Sources, check_knobs, flat_keys
+
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the file and the key."""
@@ -60,8 +62,9 @@ class DataConfig:
     prefetch_batches: int = 8  # bounded queue of the background reader thread
     shuffle: bool = True  # row-group order per epoch (seeded) + rows within each row group
     dense_transform: str = "log1p"  # log1p (clamp negatives to 0, then log(x + 1)) | none
-    validate: bool = True  # check ids < cardinality, ids >= 0, labels finite and in {0, 1}
+    validate: bool = True  # check ids in [0, cardinality), labels in {0, 1}, dense values finite; eval files before training
     on_bad_file: str = "fail"  # fail | skip (skip: warn, count in metrics, keep ranks in step)
+    non_finite: str = "fail"  # dense NaN/inf (not nulls) under `validate`: fail | zero (replace with 0, count in metrics)
     synthesize_if_missing: bool = False  # generate `synth` data at `path` when absent
 
 
@@ -219,6 +222,7 @@ class TrainerConfig:
     checkpoint_dir: str = ""  # default: RUN_DIR/checkpoints
     keep_checkpoints: int = 2  # newest valid checkpoints kept (also Ray's num_to_keep)
     resume_from: str = ""  # a checkpoint folder, a folder of them (latest valid), or "latest"
+    resume_changes: List[str] = field(default_factory=list)  # keys/sections allowed to differ from the saved run (trainer/fingerprint.py)
     max_failures: int = 0  # worker failures to survive (Ray FailureConfig / local retries)
     fault_at_step: int = -1  # test knob: the last rank dies once at this step
     run_id: str = ""  # set by the launcher per launch: a restarted worker group finds its own checkpoints
@@ -268,6 +272,7 @@ _CHOICES: Dict[str, Sequence[str]] = {
     "trainer.device": ("auto", "cpu", "cuda"),
     "data.dense_transform": ("log1p", "none"),
     "data.on_bad_file": ("fail", "skip"),
+    "data.non_finite": ("fail", "zero"),
     "synth.cardinalities": ("criteo_tb_40m", "criteo_kaggle"),
 }
 
@@ -281,26 +286,28 @@ def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
         raise ConfigError(f"{where}: bad key '{key}': {reason}") from None
 
 
-def _check(cfg: RunConfig, where: str) -> None:
+def _check(cfg: RunConfig, src: Sources) -> None:
+    """Choices, shapes and ranges; each error names the key and where its value came from."""
     for key, allowed in _CHOICES.items():
         value = cfg
         for part in key.split("."):
             value = getattr(value, part)
         if value not in allowed:
-            raise ConfigError(f"{where}: '{key}' is {value!r}; expected one of {list(allowed)}")
+            raise ConfigError(f"{src(key)}: '{key}' is {value!r}; expected one of {list(allowed)}")
+    check_knobs(cfg, src, ConfigError)
     if cfg.model.dense_arch[-1] != cfg.model.embedding_dim:
         raise ConfigError(
-            f"{where}: model.dense_arch must end in model.embedding_dim "
-            f"({cfg.model.dense_arch[-1]} != {cfg.model.embedding_dim})"
+            f"{src('model.dense_arch')}: model.dense_arch must end in model.embedding_dim "
+            f"({cfg.model.dense_arch[-1]} != {cfg.model.embedding_dim}, from {src('model.embedding_dim')})"
         )
     if cfg.model.over_arch[-1] != 1:
-        raise ConfigError(f"{where}: model.over_arch must end in 1 (one logit)")
+        raise ConfigError(f"{src('model.over_arch')}: model.over_arch must end in 1 (one logit)")
     if cfg.ranking.negatives < 1 or cfg.ranking.k < 1 or cfg.ranking.batch_size < 1:
-        raise ConfigError(f"{where}: ranking.negatives, ranking.k and ranking.batch_size must be >= 1")
+        raise ConfigError(f"{src('ranking')}: ranking.negatives, ranking.k and ranking.batch_size must be >= 1")
     if cfg.compression.ratio is not None and cfg.compression.bytes is not None:
-        raise ConfigError(f"{where}: set compression.ratio or compression.bytes, not both")
+        raise ConfigError(f"{src('compression.bytes')}: set compression.ratio or compression.bytes, not both")
     for key in cfg.sweep:
-        _dotted_get(cfg, key, where)  # a sweep over an unknown key fails now, not mid-sweep
+        _dotted_get(cfg, key, str(src))  # a sweep over an unknown key fails now, not mid-sweep
 
 
 def _dotted_get(cfg: Any, key: str, where: str) -> Any:
@@ -339,8 +346,15 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
         ConfigError: naming the file (or override) and the key that is unknown or mistyped.
     """
     run: RunConfig = OmegaConf.to_object(load_structured(RunConfig, path, overrides))  # type: ignore[assignment]
-    _check(run, str(path) if path is not None else "defaults")
+    _check(run, _sources(path, overrides))
     return run
+
+
+def _sources(path: Optional[str | Path], overrides: Sequence[str]) -> Sources:
+    """Which keys the file and the overrides set (the file was parsed once already)."""
+    if path is None:
+        return Sources(overrides=overrides)
+    return Sources(str(path), flat_keys(OmegaConf.to_container(OmegaConf.load(path))), overrides)
 
 
 def config_to_dict(cfg: RunConfig) -> Dict[str, Any]:
@@ -366,7 +380,7 @@ def with_overrides(cfg: RunConfig, overrides: Dict[str, Any]) -> RunConfig:
         except OmegaConfBaseException as e:
             raise ConfigError(f"sweep: cannot set '{key}' to {value!r}: {e}") from None
     run = _to_run(node)
-    _check(run, "sweep")
+    _check(run, Sources(overrides=[f"{k}={v}" for k, v in overrides.items()], default="the swept config", label="sweep point"))
     return run
 
 

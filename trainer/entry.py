@@ -20,7 +20,7 @@ quiet_third_party()  # before torchrec / fbgemm are imported: they log at import
 import torch  # noqa: E402
 
 from compactrec.sharding.env import current_env  # noqa: E402
-from compactrec.trainer.checkpoint import is_valid, latest_checkpoint  # noqa: E402
+from compactrec.trainer.checkpoint import META, CheckpointError, find_checkpoint, from_rank0, problem  # noqa: E402
 from compactrec.trainer.config import RunConfig, config_from_dict  # noqa: E402
 from compactrec.trainer.loop import checkpoint_root, train  # noqa: E402
 
@@ -35,25 +35,38 @@ def _under_ray() -> bool:
         return False
 
 
+def _is_one_checkpoint(path: Path) -> bool:
+    """``path`` is a checkpoint folder itself (not a folder of them)."""
+    return any((path / name).exists() for name in ("manifest.json", META, ".metadata"))
+
+
 def resume_path(cfg: RunConfig) -> Optional[Path]:
     """``trainer.resume_from``: a checkpoint folder, a folder of them, or ``latest`` (the
-    newest valid one of this run, if any). Broken checkpoints are skipped with a warning."""
+    newest valid one of this run, if any). Broken checkpoints are skipped with a warning.
+    Collective: every rank calls it, and they share the hashing."""
     spec = cfg.trainer.resume_from
     if not spec:
         return None
     if spec == "latest":
-        return latest_checkpoint(checkpoint_root(cfg))
+        return find_checkpoint(checkpoint_root(cfg), collective=True)[0]
     path = Path(spec)
-    if is_valid(path):
+    if from_rank0(_is_one_checkpoint(path)):  # every rank takes the same branch of collectives
+        why = problem(path, collective=True)
+        if why is not None:
+            raise CheckpointError(f"trainer.resume_from={spec}: not a usable checkpoint: {why}")
         return path
-    found = latest_checkpoint(path)
+    found, skipped = find_checkpoint(path, collective=True)
     if found is None:
-        raise FileNotFoundError(f"trainer.resume_from={spec}: no complete checkpoint there")
+        why = f" ({'; '.join(skipped)})" if skipped else ""
+        raise FileNotFoundError(f"trainer.resume_from={spec}: no complete checkpoint there{why}")
     return found
 
 
 def _step_of(path: Path) -> int:
-    return int(json.loads((path / "meta.json").read_text())["step"])
+    try:
+        return int(json.loads((path / META).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
 
 
 @contextmanager
@@ -91,10 +104,21 @@ def worker_main(config: Dict[str, Any]) -> Dict[str, Any]:
     with _ray_resume() as from_ray:
         # Ray registers a reported checkpoint asynchronously: a worker that dies right after a
         # report may come back without it, so also look for this launch's own checkpoints.
-        own = latest_checkpoint(checkpoint_root(cfg), cfg.trainer.run_id) if cfg.trainer.run_id else None
+        own = find_checkpoint(checkpoint_root(cfg), cfg.trainer.run_id, collective=True)[0] if cfg.trainer.run_id else None
+        why = problem(from_ray, collective=True) if from_ray is not None else None
+        if why is not None:  # a damaged copy: this launch's own checkpoints (verified) stand in
+            print(f"compactrec: warning: skipping Ray's checkpoint {from_ray}: {why}", flush=True)
+            from_ray = None
         found = [p for p in (from_ray, own) if p is not None]
         resume = max(found, key=_step_of) if found else resume_path(cfg)
-        metrics = train(cfg, env, progress=progress, resume=resume, on_checkpoint=report_checkpoint)
+        try:
+            metrics = train(cfg, env, progress=progress, resume=resume, on_checkpoint=report_checkpoint)
+        except Exception as e:  # Ray reports errors per rank: say where (cluster/fault_message.py)
+            where = getattr(e, "compactrec_where", None)
+            if where is None:
+                raise
+            first = next((line for line in str(e).splitlines() if line.strip()), "")
+            raise RuntimeError(f"{where}: {type(e).__name__}: {first}") from e
     ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
     return metrics
 

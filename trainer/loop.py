@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -23,9 +24,10 @@ from compactrec.sharding.env import DistEnv, all_gather_object, all_reduce_sum
 from compactrec.sharding.shard import shard_model
 from compactrec.trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from compactrec.trainer.config import RunConfig, config_to_dict, save_config
+from compactrec.trainer.fingerprint import run_fingerprint
 from compactrec.data.reader.id_counts import count_ids
-from compactrec.data.reader.manifest import Manifest, read_manifest
-from compactrec.data.reader.parquet import ParquetReader
+from compactrec.data.reader.manifest import Manifest, manifest_path, read_manifest
+from compactrec.data.reader.parquet import DataError, ParquetReader
 from compactrec.data.datasets.side_tables import read_ranking_spec
 from compactrec.trainer.dense_engine import build_dense_engine, check_dense_engine
 from compactrec.io import atomic_write_json
@@ -70,6 +72,7 @@ def make_readers(cfg: RunConfig, manifest: Manifest, env: DistEnv) -> tuple[Parq
         validate=d.validate,
         prefetch=d.prefetch_batches,
         on_bad_file=d.on_bad_file,
+        non_finite=d.non_finite,
     )
     train = ParquetReader(
         manifest.split_files(d.path, d.train_split),
@@ -86,7 +89,34 @@ def make_readers(cfg: RunConfig, manifest: Manifest, env: DistEnv) -> tuple[Parq
         pad_last=True,
         **common,
     )
+    for reader, split in ((train, d.train_split), (evaluation, d.eval_split)):
+        _check_rows(reader, manifest, d.path, split)
     return train, evaluation
+
+
+def _check_rows(reader: ParquetReader, manifest: Manifest, root: str, split: str) -> None:
+    """The manifest's row count of a split must be what its files' footers hold (a stale
+    manifest describes other data). Not judged when bad files were skipped."""
+    want = manifest.splits[split].rows
+    if not reader.bad_files and reader.total_rows != want:
+        raise DataError(
+            f"{manifest_path(root)}: split '{split}' says {want} rows; its {len(reader.files)} files hold "
+            f"{reader.total_rows} (footers): the manifest does not describe these files"
+        )
+
+
+def check_data_ahead(cfg: RunConfig, env: DistEnv, train: ParquetReader, evaluation: ParquetReader) -> None:
+    """Before the first step (``data.validate``, ``data.on_bad_file=fail``): footers of
+    every file, suspicious row groups, and the first row group of every eval file, split
+    over ranks; every rank raises the same ``DataError`` (the first problem, and a count)."""
+    if not cfg.data.validate or cfg.data.on_bad_file != "fail":
+        return
+    mine = train.check_ahead(env.rank, env.world_size, first_row_group=False)
+    mine += evaluation.check_ahead(env.rank, env.world_size, first_row_group=True)
+    found = [p for part in all_gather_object(mine) for p in part]
+    if found:
+        more = f" (and {len(found) - 1} more problems found before training)" if len(found) > 1 else ""
+        raise DataError(f"{found[0]}{more}")
 
 
 @torch.no_grad()
@@ -164,7 +194,7 @@ def _data_stats(train: ParquetReader, evaluation: ParquetReader) -> Dict[str, An
     out: Dict[str, Any] = {}
     for split, i in (("train", 0), ("eval", 1)):
         out[f"data_{split}_bad_files"] = parts[0][i]["bad_files"]
-        for key in ("bad_row_groups", "rows_lost", "rows_padded"):
+        for key in ("bad_row_groups", "rows_lost", "rows_padded", "non_finite_values"):
             out[f"data_{split}_{key}"] = sum(p[i][key] for p in parts)
     return out
 
@@ -224,14 +254,20 @@ def train(
     engine = build_dense_engine(cfg.dense, cfg.optim, model, env)  # steps tables and dense part
     train_reader, eval_reader = make_readers(cfg, manifest, env)
     _check_same_data(train_reader, eval_reader)
+    check_data_ahead(cfg, env, train_reader, eval_reader)
     out = run_dir(cfg)
     ckpt_root = checkpoint_root(cfg)
-    state = TrainState(step=0, epoch=0, world_size=env.world_size, config=config_to_dict(cfg), run_id=cfg.trainer.run_id)
+    fingerprint = run_fingerprint(cfg, manifest.digest)
+    state = TrainState(
+        step=0, epoch=0, world_size=env.world_size, config=config_to_dict(cfg), run_id=cfg.trainer.run_id,
+        fingerprint=fingerprint,
+    )
     if resume is not None:
-        state = load_checkpoint(resume, engine)
+        state = load_checkpoint(resume, engine, fingerprint, cfg.trainer.resume_changes)
         if env.is_main:
             print(f"compactrec: resumed from {resume} at step {state.step} (epoch {state.epoch})", flush=True)
         state.world_size, state.run_id = env.world_size, cfg.trainer.run_id
+        state.config, state.fingerprint = config_to_dict(cfg), fingerprint  # the next resume compares with this run
 
     writer = None
     if env.is_main and cfg.trainer.tensorboard:
@@ -248,36 +284,43 @@ def train(
         if on_checkpoint is not None:
             on_checkpoint(path, {"step": state.step, "epoch": epoch})
 
-    for epoch in range(state.epoch, cfg.trainer.epochs):
-        cursor = state.cursor if epoch == state.epoch else None
-        steps = train_reader.num_steps(epoch, cursor)
-        bar = None
-        if progress is not None and env.is_main and cfg.trainer.progress_bar:
-            bar = progress(total=steps, desc=f"{cfg.name} epoch {epoch}")
-        t0 = time.perf_counter()
-        for batch in train_reader.epoch(epoch, cursor):
-            loss, _ = engine.forward(batch.to(env.device))
-            engine.zero_grad()
-            engine.backward(loss)
-            engine.step()
-            state.step += 1
-            state.samples += samples_per_step
-            run_steps += 1
-            if state.step % cfg.trainer.log_every == 0 or run_steps == 1:
-                last_loss = float(loss.detach())
-                if writer is not None:
-                    writer.add_scalar("train/loss", last_loss, state.step)
+    try:
+        for epoch in range(state.epoch, cfg.trainer.epochs):
+            cursor = state.cursor if epoch == state.epoch else None
+            steps = train_reader.num_steps(epoch, cursor)
+            bar = None
+            if progress is not None and env.is_main and cfg.trainer.progress_bar:
+                bar = progress(total=steps, desc=f"{cfg.name} epoch {epoch}")
+            t0 = time.perf_counter()
+            for batch in train_reader.epoch(epoch, cursor):
+                loss, _ = engine.forward(batch.to(env.device))
+                engine.zero_grad()
+                engine.backward(loss)
+                engine.step()
+                state.step += 1
+                state.samples += samples_per_step
+                run_steps += 1
+                if state.step % cfg.trainer.log_every == 0 or run_steps == 1:
+                    last_loss = float(loss.detach())
+                    if writer is not None:
+                        writer.add_scalar("train/loss", last_loss, state.step)
+                if bar is not None:
+                    bar.update(1)
+                if every > 0 and state.step % every == 0:
+                    train_seconds += time.perf_counter() - t0
+                    checkpoint(epoch, train_reader.cursor())
+                    t0 = time.perf_counter()
+                _inject_fault(cfg, env, state.step)
+            train_seconds += time.perf_counter() - t0
             if bar is not None:
-                bar.update(1)
-            if every > 0 and state.step % every == 0:
-                train_seconds += time.perf_counter() - t0
-                checkpoint(epoch, train_reader.cursor())
-                t0 = time.perf_counter()
-            _inject_fault(cfg, env, state.step)
-        train_seconds += time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
-        state.epoch, state.cursor = epoch + 1, None
+                bar.close()
+            state.epoch, state.cursor = epoch + 1, None
+    except Exception as e:  # where it broke, for the launcher's message (entry.py, cluster/fault_message.py)
+        e.compactrec_where = (  # type: ignore[attr-defined]
+            f"rank {env.rank} on node {socket.gethostname()} (pid {os.getpid()}) after step {state.step} "
+            f"(epoch {state.epoch})"
+        )
+        raise
     if every >= 0:
         checkpoint(state.epoch, None)
 

@@ -95,11 +95,21 @@ def _cmd_criteo(args: argparse.Namespace) -> int:
     except _errors() as e:
         print(f"compactrec convert criteo: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return _interrupted("convert criteo", args.out)
     for split, info in m.splits.items():
         print(f"{split}: {info.rows:,} rows in {len(info.files)} shards, CTR {m.stats['ctr'].get(split, 0):.4f}")
     _print_malformed(m.stats["malformed"])
     print(f"wrote {os.path.join(args.out, '_manifest.json')}")
     return 0
+
+
+def _interrupted(command: str, out: str) -> int:
+    """Ctrl-C: the pool's workers are already stopped; complete pieces are kept, a piece
+    that was being written is redone by the next run (its temp file is removed then)."""
+    print(f"\ncompactrec {command}: interrupted; complete pieces in {out} are kept: run the same command "
+          "again to continue", file=sys.stderr)
+    return 130  # 128 + SIGINT, as a shell reports it
 
 
 def _print_malformed(bad: dict) -> None:
@@ -121,6 +131,8 @@ def _cmd_count(args: argparse.Namespace) -> int:
     except _errors() as e:
         print(f"compactrec convert criteo-count: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return _interrupted("convert criteo-count", args.out)
     distinct = {k: v["distinct"] for k, v in summary["features"].items()}
     print(f"counted {summary['rows']:,} rows; distinct values per feature: {distinct}")
     if summary["malformed"]:

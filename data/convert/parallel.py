@@ -2,7 +2,9 @@
 
 Workers are spawned (not forked: the caller may hold torch or threads) and report progress
 through a queue as they go, so a long task (a whole ``.gz`` day) still moves the bar. The
-first failing task cancels the rest and its exception is raised in the caller.
+first failing task cancels the rest and its exception is raised in the caller; so does
+Ctrl-C (workers ignore SIGINT and are terminated by the driver), and workers exit by
+themselves when the driver is killed outright (``_die_with``).
 ``workers <= 1`` runs the tasks in this process (tests, debugging).
 
 Example::
@@ -13,7 +15,11 @@ Example::
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
+import signal
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -21,9 +27,35 @@ Report = Callable[[int, int], None]  # (bytes, rows) done since the last call
 _QUEUE: Optional[Any] = None
 
 
-def _init(q: Any) -> None:
+def _init(q: Any, parent: int) -> None:
+    """Worker start-up: Ctrl-C is the driver's to handle (a terminal sends SIGINT to the
+    whole process group; workers that got it too would each print a traceback), and the
+    worker dies with the driver (a SIGKILLed driver cannot terminate its pool)."""
     global _QUEUE
     _QUEUE = q
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+    """Exit when process ``parent`` is gone: Linux's PR_SET_PDEATHSIG where there is one,
+    and everywhere a daemon thread that sees the worker re-parented."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the driver died before the prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-driver", daemon=True).start()
 
 
 def _report_to_queue(nbytes: int, rows: int) -> None:
@@ -81,7 +113,7 @@ def _run_pool(fn: Callable[[Any, Report], Any], tasks: Sequence[Any], workers: i
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     results: Dict[int, Any] = {}
-    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx, initializer=_init, initargs=(q,)) as pool:
+    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx, initializer=_init, initargs=(q, os.getpid())) as pool:
         pending: Dict[Future, int] = {pool.submit(_call, fn, t): i for i, t in enumerate(tasks)}
         try:
             while pending:
@@ -96,6 +128,10 @@ def _run_pool(fn: Callable[[Any, Report], Any], tasks: Sequence[Any], workers: i
             pool.shutdown(wait=False, cancel_futures=True)
             for proc in procs:
                 proc.terminate()
+            for proc in procs:  # gone before the driver returns (or exits on Ctrl-C)
+                proc.join(timeout=30)
+                if proc.is_alive():
+                    proc.kill()
             raise
         finally:
             _drain(q, bar)

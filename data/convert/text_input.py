@@ -13,7 +13,6 @@ stops the read with an error naming the file and byte offset.
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 import zlib
@@ -125,21 +124,69 @@ def count_line_starts(path: str, start: int, stop: int, block_bytes: int = 1 << 
     return count
 
 
+_GZ_READ = 1 << 16  # compressed bytes read at a time (also how closely a corrupt byte is located)
+
+
+def gunzip_blocks(raw: BinaryIO, path: str, block_bytes: int, progress: Optional[Callable[[int], None]] = None) -> Iterator[bytes]:
+    """The text of a gzip file (every member, zero padding between members skipped, as the
+    ``gzip`` module does) in blocks of about ``block_bytes``. zlib directly, not
+    ``gzip.GzipFile``: a truncated or corrupt file is reported with the compressed byte
+    offset where it ends or breaks and how much text came before (GzipFile loses both).
+    ``progress(n)``: n compressed bytes consumed since the last call."""
+    d = zlib.decompressobj(wbits=31)  # exactly the gzip format (header and CRC32 / ISIZE trailer checked)
+    inp, fresh, text, out, have = b"", True, 0, [], 0
+    while True:
+        if not inp:
+            inp = raw.read(_GZ_READ)
+            if progress is not None and inp:
+                progress(len(inp))
+            if not inp:
+                if not fresh:
+                    tail = d.flush()  # output zlib still holds for input it consumed
+                    text, have = text + len(tail), have + len(tail)
+                    out.append(tail)
+                    if not d.eof:
+                        raise TextError(
+                            f"{path}: truncated (or corrupt) gzip file: it ends at byte {raw.tell()} inside a compressed "
+                            f"stream, after {text} bytes of text (an interrupted download or copy?)"
+                        )
+                if have:
+                    yield b"".join(out)
+                return
+        if fresh:
+            inp = inp.lstrip(b"\x00")
+            if not inp:
+                continue
+            fresh = False
+        at = raw.tell() - len(inp)  # compressed offset of inp[0]
+        try:
+            chunk = d.decompress(inp, block_bytes)
+        except zlib.error as e:
+            raise TextError(
+                f"{path}: corrupt gzip data in compressed bytes {at}-{raw.tell()}, after {text} bytes of text ({e})"
+            ) from None
+        text += len(chunk)
+        out.append(chunk)
+        have += len(chunk)
+        if d.eof:  # a member ended: another may follow
+            inp, d, fresh = d.unused_data, zlib.decompressobj(wbits=31), True
+        else:
+            inp = d.unconsumed_tail
+        if have >= block_bytes:
+            yield b"".join(out)
+            out, have = [], 0
+
+
 def read_gz(
     path: str, piece_bytes: int, block_bytes: int, progress: Optional[Callable[[int], None]] = None
 ) -> Iterator[Tuple[int, bytes]]:
     """``(piece, block)`` pairs of a gzip file, in order; a piece in which no line starts
     appears once with ``b""``. ``progress(n)``: n compressed bytes consumed since the last call."""
-    with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as f:
-        piece, pending, start, seen = 0, b"", 0, 0  # pending: an unfinished line at `start`
+    with open(path, "rb") as raw:
+        blocks = gunzip_blocks(raw, path, block_bytes, progress)
+        piece, pending, start = 0, b"", 0  # pending: an unfinished line at `start`
         while True:
-            try:
-                chunk = f.read(block_bytes)
-            except (OSError, EOFError, zlib.error) as e:
-                raise TextError(f"{path}: corrupt gzip stream near byte {start + len(pending)} of its text ({e})") from None
-            if progress is not None:
-                progress(raw.tell() - seen)
-                seen = raw.tell()
+            chunk = next(blocks, b"")
             if chunk:
                 data = pending + chunk
                 cut = data.rfind(b"\n") + 1

@@ -38,6 +38,7 @@ class RowBlock:
     id_words: int  # 1: int32 ids, 2: int64 ids
     bags: List[Tuple[np.ndarray, np.ndarray]]  # per multi-hot feature: values (nnz,), offsets (R + 1,)
     order: Optional[np.ndarray] = None  # rows in visiting order; None = file order
+    non_finite: int = 0  # dense values replaced by 0 (data.non_finite=zero)
 
     @staticmethod
     def allocate(rows: int, num_onehot: int, num_dense: int, wide_ids: bool) -> "RowBlock":
@@ -179,8 +180,15 @@ def _numbers(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy(zero_copy_only=False)  # nulls -> NaN for numbers
 
 
-def convert(table: pa.Table, schema: FeatureSchema, where: str, dense_transform: str, validate: bool) -> RowBlock:
-    """An Arrow row group -> ``RowBlock`` (file order); errors name ``where`` and the column."""
+def convert(
+    table: pa.Table, schema: FeatureSchema, where: str, dense_transform: str, validate: bool, non_finite: str = "fail"
+) -> RowBlock:
+    """An Arrow row group -> ``RowBlock`` (file order); errors name ``where`` and the column.
+
+    With ``validate``, a dense value that is NaN or +-inf (or overflows float32) is an error
+    naming the row and column, or with ``non_finite="zero"`` it becomes 0 and is counted in
+    ``RowBlock.non_finite``. A null stays allowed (Criteo's empty fields): it reads as 0.
+    """
     onehot_features = [f for f in schema.sparse if not f.multi_hot]
     label = _numbers(table, schema.label)
     if validate:
@@ -209,8 +217,10 @@ def convert(table: pa.Table, schema: FeatureSchema, where: str, dense_transform:
     for j, col in enumerate(ids):
         q_ids[j] = col
     d = q[w : w + len(dense_cols)].view(np.float32)
-    for j, col in enumerate(dense_cols):
-        d[j] = col
+    with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf: caught just below
+        for j, col in enumerate(dense_cols):
+            d[j] = col
+    replaced = _check_dense(d, dense_cols, table, schema, where, non_finite) if validate else 0
     if dense_transform == "log1p":
         np.log1p(np.fmax(d, 0.0, out=d), out=d)  # fmax: NaN (a null count) -> 0, negatives -> 0
     else:
@@ -218,15 +228,58 @@ def convert(table: pa.Table, schema: FeatureSchema, where: str, dense_transform:
     q[w + len(dense_cols)].view(np.float32)[:] = label
     blk.packed = np.ascontiguousarray(q.T)
     blk.bags = bags
+    blk.non_finite = replaced
     return blk
 
 
+def _check_dense(d: np.ndarray, cols: List[np.ndarray], table: pa.Table, schema: FeatureSchema, where: str, policy: str) -> int:
+    """NaN / inf in the (D, R) float32 dense block that are not nulls: raise (``fail``) or
+    set to 0 and count (``zero``). One vectorised pass when every value is finite."""
+    finite = np.isfinite(d)
+    if finite.all():
+        return 0
+    replaced = 0
+    for j, name in enumerate(schema.dense):
+        bad = ~finite[j]
+        if not bad.any():
+            continue
+        col = table.column(name)
+        if col.null_count:
+            bad &= ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        if not bad.any():
+            continue
+        if policy != "zero":
+            row = int(np.flatnonzero(bad)[0])
+            value = cols[j][row]
+            note = " (overflows float32)" if np.isfinite(value) else ""
+            raise DataError(
+                f"{where}: column '{name}' row {row} is {value}{note}; dense values must be finite "
+                f"({int(bad.sum())} such values in this column; data.non_finite=zero replaces them with 0 and counts them)"
+            )
+        d[j][bad] = 0.0
+        replaced += int(bad.sum())
+    return replaced
+
+
+def _id_limit(v: np.ndarray, cardinality: int) -> int:
+    """Threshold t such that ``v.view(unsigned).max() >= t`` iff some id is outside
+    [0, cardinality): negative ids viewed as unsigned of the same width are >= 2^(bits-1),
+    and a signed column cannot hold ids >= 2^(bits-1) at all."""
+    if v.dtype.kind == "i":
+        return min(cardinality, 1 << (8 * v.itemsize - 1))
+    return cardinality
+
+
 def _check_ids(ids, onehot_features, bags, bag_features, where: str) -> None:
-    """Ids in [0, cardinality); one pass per column: negative ids viewed as uint64 are huge."""
+    """Ids in [0, cardinality) for every integer width the schema allows (int8..int64,
+    uint8..uint64); one pass per column over the ids viewed as unsigned."""
     columns = [(f, v, None) for f, v in zip(onehot_features, ids)]
     columns += [(f, v, o) for f, (v, o) in zip(bag_features, bags)]
     for f, v, o in columns:
-        if v.size and int(v.view(np.uint64).max()) >= f.cardinality:
+        if not v.size:
+            continue
+        unsigned = v.view(np.dtype(f"u{v.itemsize}"))
+        if int(unsigned.max()) >= _id_limit(v, f.cardinality):
             bad = int(np.flatnonzero((v < 0) | (v >= f.cardinality))[0])
             row = bad if o is None else int(np.searchsorted(o, bad, side="right") - 1)
             raise DataError(

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from compactrec.data.reader.columns import DataError
 from compactrec.data.reader.manifest import FeatureSchema
 
 
@@ -28,8 +29,14 @@ def count_ids(files: Sequence[str], schema: FeatureSchema, max_rows: int) -> Dic
                 col = batch.column(f.name)
                 if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
                     col = col.flatten()
-                ids = col.to_numpy(zero_copy_only=False).astype(np.int64)
-                counts[f.name] += np.bincount(ids, minlength=f.cardinality)[: f.cardinality]
+                ids = col.to_numpy(zero_copy_only=False)
+                if ids.size and (ids.min() < 0 or ids.max() >= f.cardinality):  # before bincount, which fails or drops them
+                    bad = ids[(ids < 0) | (ids >= f.cardinality)][0]
+                    raise DataError(
+                        f"{path}: column '{f.name}' holds id {bad} outside [0, {f.cardinality}) (cardinality from "
+                        "the data manifest; found while counting ids for frequency-ranked blocks)"
+                    )
+                counts[f.name] += np.bincount(ids.astype(np.int64), minlength=f.cardinality)[: f.cardinality]
             seen += take
             if seen >= max_rows:
                 return counts

@@ -93,11 +93,16 @@ class ParquetReader:
         pad_last: bool = False,
         max_steps: int = -1,
         on_bad_file: str = "fail",
+        non_finite: str = "fail",
     ) -> None:
         if not files:
             raise DataError("no Parquet files to read")
         if on_bad_file not in ("fail", "skip"):
             raise ValueError(f"on_bad_file is {on_bad_file!r}; expected 'fail' or 'skip'")
+        if non_finite not in ("fail", "zero"):
+            raise ValueError(f"non_finite is {non_finite!r}; expected 'fail' or 'zero'")
+        if batch_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"batch_size {batch_size}, rank {rank} of {world_size}: need batch_size >= 1 and 0 <= rank < world_size")
         self.files = list(files)
         self.schema = schema
         self.batch_size = batch_size
@@ -109,6 +114,8 @@ class ParquetReader:
         self.pad_last = pad_last
         self.max_steps = max_steps
         self.on_bad_file = on_bad_file
+        self.non_finite = non_finite
+        self.non_finite_replaced = 0  # dense values set to 0 (non_finite="zero")
         self.columns = [schema.label, *schema.dense, *schema.sparse_names]
         self._multi_hot = [f.multi_hot for f in schema.sparse]
         self.bad_files: List[Tuple[str, str]] = []  # (file, reason), footer-level
@@ -215,7 +222,41 @@ class ParquetReader:
             "bad_row_groups": len(self.bad_row_groups),
             "rows_lost": self.rows_lost,
             "rows_padded": self.rows_padded,
+            "non_finite_values": self.non_finite_replaced,
         }
+
+    @property
+    def total_rows(self) -> int:
+        """Rows of the readable files, from their footers."""
+        return sum(self._rows)
+
+    def check_ahead(self, rank: int = 0, world_size: int = 1, first_row_group: bool = True) -> List[str]:
+        """Problems found before training (``DataError`` messages, file / row group / row /
+        column named): for files ``rank::world_size``, every row group whose footer
+        statistics show a label outside [0, 1], an id outside [0, cardinality) or a
+        non-finite dense min / max is converted in full, and so is the first row group of
+        each file when ``first_row_group``. Footers are cheap; a file's data is read only
+        where a problem is likely, so an eval file's bad rows are found before training,
+        not after it."""
+        out: List[str] = []
+        by_file: Dict[str, List[RowGroupRef]] = {}
+        for ref in self.row_groups:
+            by_file.setdefault(ref.file, []).append(ref)
+        replaced = self.non_finite_replaced  # what training reads is counted then, not here
+        for path in list(by_file)[rank::world_size]:
+            refs = by_file[path]
+            try:
+                pf = self._open(path)
+                suspects = set(_suspect_row_groups(pf, self.schema))
+                if first_row_group:
+                    suspects.add(0)
+                for ref in refs:
+                    if ref.index in suspects:
+                        self._read_block(ref, 0, {path: pf})
+            except DataError as e:
+                out.append(str(e))
+        self.non_finite_replaced = replaced
+        return out
 
     # ---- reading -------------------------------------------------------------------
     def _read_block(self, ref: RowGroupRef, epoch: int, files: Dict[str, pq.ParquetFile]) -> RowBlock:
@@ -225,7 +266,8 @@ class ParquetReader:
             table = pf.read_row_group(ref.index, columns=self.columns)
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"{where}: cannot read ({e})") from None
-        block = convert(table, self.schema, where, self.dense_transform, self.validate)
+        block = convert(table, self.schema, where, self.dense_transform, self.validate, self.non_finite)
+        self.non_finite_replaced += block.non_finite
         if block.rows != ref.rows:
             raise DataError(f"{where}: has {block.rows} rows, its footer says {ref.rows}")
         if self.shuffle:
@@ -314,3 +356,30 @@ class ParquetReader:
 
     def __iter__(self) -> Iterator[Batch]:
         return self.epoch(0)
+
+
+def _suspect_row_groups(pf: pq.ParquetFile, schema: FeatureSchema) -> List[int]:
+    """Row groups whose column statistics (min / max in the footer) show a value the reader
+    would refuse; columns without statistics are not judged here."""
+    limits: Dict[str, Tuple[float, float, bool]] = {schema.label: (0, 1, False)}
+    limits.update({name: (-np.inf, np.inf, True) for name in schema.dense})
+    limits.update({f.name: (0, f.cardinality - 1, False) for f in schema.sparse if not f.multi_hot})
+    out = []
+    md = pf.metadata
+    for i in range(md.num_row_groups):
+        rg = md.row_group(i)
+        for j in range(rg.num_columns):
+            col = rg.column(j)
+            lim = limits.get(col.path_in_schema)
+            st = col.statistics
+            if lim is None or st is None or not st.has_min_max:
+                continue
+            lo, hi, dense = lim
+            try:
+                mn, mx = float(st.min), float(st.max)
+            except (TypeError, ValueError):
+                continue
+            if (dense and not (np.isfinite(mn) and np.isfinite(mx))) or (not dense and (mn < lo or mx > hi)):
+                out.append(i)
+                break
+    return out

@@ -1,10 +1,12 @@
 """Checkpoints and failures: a worker killed mid-run under Ray is replaced and the run ends
 bitwise equal to an uninterrupted one; a run saved on 2 workers resumes on 1 (and 1 -> 2)
-with the same eval metrics right after the load; a broken checkpoint is skipped."""
+with the same eval metrics right after the load; a damaged checkpoint is skipped and the
+previous one gives the same final weights."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +44,19 @@ def test_killed_worker_is_replaced_and_the_run_ends_bitwise_equal(tiny_data: Pat
 
 
 @pytest.mark.distributed
+@pytest.mark.timeout(900)
+def test_a_failed_ray_run_names_the_rank_node_and_step(tiny_data: Path, tmp_path: Path):
+    r = subprocess.run([sys.executable, "-m", "compactrec", "train", "configs/methods/hash.yaml", *TINY,
+                        f"data.path={tiny_data}", f"runs_dir={tmp_path}", "name=dies", "cluster.num_workers=2",
+                        "trainer.launcher=ray", "trainer.fault_at_step=3", "trainer.max_failures=0"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr[-3000:]
+    error = [line for line in r.stderr.splitlines() if line.startswith("compactrec train: error:")][-1]
+    assert re.search(r"rank 1 on node \S+ \(\S+, pid \d+\) died after step 3 ", error), error
+    assert re.search(r"rank 0 on node \S+ \(pid \d+\) after step 3 \(epoch 0\)", error), error
+
+
+@pytest.mark.distributed
 @pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
 def test_resume_on_another_number_of_workers(tiny_data: Path, tmp_path: Path, before: int, after: int):
     common = [f"data.path={tiny_data}", f"runs_dir={tmp_path}", "trainer.launcher=local", "trainer.max_steps=8",
@@ -58,7 +73,7 @@ def test_resume_on_another_number_of_workers(tiny_data: Path, tmp_path: Path, be
     assert saved["cafe_hot_ids"] > 0 and resumed["cafe_hot_digest"] == saved["cafe_hot_digest"]  # same hot ids
 
 
-def test_a_broken_checkpoint_is_skipped_with_a_warning(tiny_data: Path, tmp_path: Path, capsys):
+def test_a_damaged_checkpoint_is_skipped_and_the_run_ends_as_an_uninterrupted_one(tiny_data: Path, tmp_path: Path, capsys):
     from compactrec.trainer.checkpoint import COMPLETE, latest_checkpoint
 
     common = [f"data.path={tiny_data}", f"runs_dir={tmp_path}", "trainer.launcher=local", "cluster.num_workers=1",
@@ -67,12 +82,19 @@ def test_a_broken_checkpoint_is_skipped_with_a_warning(tiny_data: Path, tmp_path
     root = tmp_path / "run" / "checkpoints"
     assert [p.name for p in sorted(root.iterdir())] == ["step_000000004", "step_000000008"]
     data = max((root / "step_000000008").glob("*.distcp"), key=lambda p: p.stat().st_size)
-    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])  # a half-written data file
+    raw = bytearray(data.read_bytes())
+    mid = len(raw) // 2
+    raw[mid : mid + 4096] = bytes(b ^ 0x5A for b in raw[mid : mid + 4096])  # 4 KiB scrambled, same size
+    data.write_bytes(bytes(raw))
     assert latest_checkpoint(root) == root / "step_000000004"
-    assert "skipping checkpoint" in capsys.readouterr().out
+    assert f"{data.name}: checksum mismatch" in capsys.readouterr().out
     r = _train(*common, "name=again", f"trainer.resume_from={root}")
     out = r.stdout + r.stderr
-    assert "skipping checkpoint" in out and "step_000000008" in out  # the warning names it
+    assert "skipping checkpoint" in out and "step_000000008" in out and data.name in out  # the warning names the file
     assert f"resumed from {root / 'step_000000004'}" in out
+    run, again = _metrics(tmp_path, "run"), _metrics(tmp_path, "again")
+    assert again["weights_digest"] == run["weights_digest"]  # steps 5-8 redone exactly
+    for key in ("auc", "logloss", "steps", "samples"):
+        assert again[key] == run[key], key
     (root / "step_000000004" / COMPLETE).unlink()  # as if the writer died before finishing
     assert latest_checkpoint(root) is None

@@ -87,3 +87,36 @@ def test_sweep_keys_are_checked():
 def test_missing_file_is_named(tmp_path: Path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_bad_override_is_blamed_on_the_override_not_the_file():
+    path = CONFIGS / "methods" / "hash.yaml"
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["embedding.kind=bogus"])
+    assert str(e.value).startswith("override 'embedding.kind=bogus': 'embedding.kind' is 'bogus'")
+    assert "hash.yaml" not in str(e.value)
+
+
+@pytest.mark.parametrize("override", [
+    "data.batch_size=0", "data.batch_size=-5", "data.eval_batch_size=0", "cluster.num_workers=0",
+    "trainer.keep_checkpoints=0", "trainer.log_every=0", "trainer.max_steps=0", "data.prefetch_batches=0",
+])
+def test_knobs_out_of_range_name_key_and_override(override: str):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError) as e:
+        load_config(CONFIGS / "methods" / "full.yaml", [override])
+    assert str(e.value).startswith(f"override '{override}': {key}=") and "must be" in str(e.value)
+
+
+def test_a_knob_out_of_range_in_a_file_names_the_file(tmp_path: Path):
+    bad = tmp_path / "zero.yaml"
+    bad.write_text("data:\n  batch_size: 0\n")
+    with pytest.raises(ConfigError, match=f"^{bad}: data.batch_size=0: must be >= 1"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a/../../b", "", ".", "a/./b"])
+def test_run_names_stay_inside_runs_dir(name: str, tmp_path: Path):
+    with pytest.raises(ConfigError, match="name="):
+        load_config(None, [f"name={name}", f"runs_dir={tmp_path}"])
+    assert load_config(None, ["name=demo/kind=full"]).name == "demo/kind=full"  # a sweep point's name
