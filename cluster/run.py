@@ -46,10 +46,14 @@ def check_data(cfg: RunConfig) -> None:
 
 
 def run_training(cfg: RunConfig) -> Dict[str, Any]:
-    """Train ``cfg`` with its launcher; returns rank 0's metrics."""
+    """Train ``cfg`` with its launcher in a folder of its own (``trainer/run_folder.py``);
+    returns rank 0's metrics."""
+    from compactrec.trainer.run_folder import start_launch
+
     cfg = absolute_paths(cfg)
     ensure_data(cfg)
     check_data(cfg)
+    cfg = start_launch(cfg)
     if cfg.trainer.launcher == "local":
         from compactrec.cluster.local_launcher import run_local
 

@@ -1,17 +1,15 @@
 """The per-worker entry point: the same function runs under Ray Train and the local launcher.
 
 Ray Train (or ``compactrec.sharding.env.spawn``) has initialized the process group before
-this runs; this reads the rank's environment, finds the checkpoint to resume from (Ray's
-latest reported one after a worker failure, or ``trainer.resume_from``), trains, and reports
-metrics and checkpoints to Ray when under Ray.
+this runs; this reads the rank's environment, finds the checkpoint to resume from (this
+launch's newest one after a worker failure, or ``trainer.resume_from``), trains, and under
+Ray reports metrics and where each checkpoint lies (Ray keeps no copy of it).
 """
 
 from __future__ import annotations
 
-import json
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Optional
 
 from compactrec.logs import quiet_third_party
 
@@ -52,23 +50,6 @@ def resume_path(cfg: RunConfig) -> Optional[Path]:
     return found
 
 
-def _step_of(path: Path) -> int:
-    return int(json.loads((path / "meta.json").read_text())["step"])
-
-
-@contextmanager
-def _ray_resume() -> Iterator[Optional[Path]]:
-    """The checkpoint Ray Train hands a restarted worker group (None on a first start)."""
-    import ray.train
-
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        yield None
-        return
-    with ckpt.as_directory() as d:
-        yield Path(d)
-
-
 def worker_main(config: Dict[str, Any]) -> Dict[str, Any]:
     """Train one rank; ``config`` is ``config_to_dict(RunConfig)`` (plain, picklable)."""
     quiet_third_party()
@@ -85,16 +66,15 @@ def worker_main(config: Dict[str, Any]) -> Dict[str, Any]:
     from ray.experimental.tqdm_ray import tqdm as progress
 
     def report_checkpoint(path: Path, info: Dict[str, Any]) -> None:
-        ckpt = ray.train.Checkpoint.from_directory(str(path)) if env.is_main else None
-        ray.train.report(info, checkpoint=ckpt)
+        # Ray is told where our checkpoint is, not handed a copy: a Checkpoint object would
+        # make Ray copy every table into its storage too (2x the disk). Every rank reports.
+        ray.train.report({**info, "checkpoint_path": str(path)})
 
-    with _ray_resume() as from_ray:
-        # Ray registers a reported checkpoint asynchronously: a worker that dies right after a
-        # report may come back without it, so also look for this launch's own checkpoints.
-        own = latest_checkpoint(checkpoint_root(cfg), cfg.trainer.run_id) if cfg.trainer.run_id else None
-        found = [p for p in (from_ray, own) if p is not None]
-        resume = max(found, key=_step_of) if found else resume_path(cfg)
-        metrics = train(cfg, env, progress=progress, resume=resume, on_checkpoint=report_checkpoint)
+    # A restarted worker group resumes from the newest complete checkpoint of this launch
+    # (its own folder), else from trainer.resume_from.
+    own = latest_checkpoint(checkpoint_root(cfg), cfg.trainer.run_id) if cfg.trainer.run_id else None
+    resume = own or resume_path(cfg)
+    metrics = train(cfg, env, progress=progress, resume=resume, on_checkpoint=report_checkpoint)
     ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
     return metrics
 

@@ -31,14 +31,11 @@ from compactrec.io import atomic_write_json
 from compactrec.trainer.metrics import ctr_metrics, ctr_metrics_from_sums, ctr_sums
 from compactrec.trainer.model import build_model, embedding_module
 from compactrec.trainer.ranking import dlrm_scorer, ranking_metrics
+from compactrec.trainer.run_folder import run_dir
 from compactrec.trainer.optim import apply_sparse_optimizer
 
 ProgressFactory = Callable[..., Any]  # tqdm-like: (total=, desc=, disable=) -> bar
 EXACT_EVAL_ROWS = 4_000_000  # above: binned AUC from merged histograms instead of gathering rows
-
-
-def run_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.runs_dir) / cfg.name
 
 
 def checkpoint_root(cfg: RunConfig) -> Path:

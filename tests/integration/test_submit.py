@@ -184,6 +184,6 @@ def test_submit_runs_the_demo_from_the_shipped_code(tmp_path: Path):
         code = Path(re.search(r"^compactrec: code from (\S+)", r.stdout, re.M).group(1))
         assert code.is_relative_to(ray_temp) and "runtime_resources/py_modules_files" in str(code), code
         assert "Bayes AUC" in r.stdout and "submit1" in r.stdout  # the job's summary table, streamed
-    metrics = json.loads((remote / "runs" / "submit1" / "metrics.json").read_text())
+    metrics = json.loads((remote / "runs" / "submit1" / "latest" / "metrics.json").read_text())
     assert metrics["world_size"] == 1 and metrics["steps"] == 4096 // 128
     assert (remote / "data" / "demo" / "_manifest.json").exists()  # relative data.path -> --remote-dir
