@@ -179,6 +179,50 @@ def state_digest(model: nn.Module) -> str:
     return hashlib.sha256("".join(all_gather_object(h.hexdigest())).encode()).hexdigest()
 
 
+class LossWindow:
+    """The training loss averaged over the steps since the last log, on every rank: each
+    step adds its batch loss on the device (no host sync); ``close()`` sums (loss, steps)
+    over ranks with one all_reduce and starts a new window. Collective."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.steps = 0
+        self.last, self.last_steps = float("nan"), 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total += loss.detach().to(torch.float64)
+        self.steps += 1
+
+    def close(self) -> float:
+        both = torch.stack([self.total, torch.tensor(float(self.steps), dtype=torch.float64, device=self.device)])
+        total, steps = all_reduce_sum(both).tolist()
+        self.last, self.last_steps = total / steps, self.steps
+        self.total.zero_()
+        self.steps = 0
+        return self.last
+
+
+def requested_ratio(cfg: RunConfig, sizes: Dict[str, Any]) -> float:
+    """The compression the run asked for: ``compression.ratio``, or the full tables' bytes
+    over ``compression.bytes``; 1 for the full table and for explicit sizes (which ask none)."""
+    if cfg.embedding.kind == "full":
+        return 1.0  # the baseline ignores `compression`, so sweeps can include it
+    if cfg.compression.ratio is not None:
+        return float(cfg.compression.ratio)
+    if cfg.compression.bytes:
+        return sizes["full_embedding_bytes"] / cfg.compression.bytes
+    return float("nan")  # sizes set per method (embedding.hash.rows, ...): nothing was asked
+
+
+def log_eval(writer: Any, metrics: Dict[str, Any], step: int, k: int) -> None:
+    """Eval metrics as TensorBoard scalars at ``step`` (one point per evaluation: with an
+    eval per epoch they draw curves)."""
+    for key in ("auc", "logloss", "ne", f"ndcg@{k}", f"hr@{k}"):
+        if key in metrics:
+            writer.add_scalar(f"eval/{key}", metrics[key], step)
+
+
 def _inject_fault(cfg: RunConfig, env: DistEnv, step: int) -> None:
     """``trainer.fault_at_step``: the last rank dies once at that step (a marker file in the
     run folder makes the retry pass), so fault tolerance can be tested."""
@@ -232,7 +276,8 @@ def train(
 
         writer = SummaryWriter(str(out / "tb"))
     every = cfg.trainer.checkpoint_every
-    run_steps, train_seconds, last_loss = 0, 0.0, float("nan")
+    run_steps, train_seconds = 0, 0.0
+    window = LossWindow(env.device)
     samples_per_step = cfg.data.batch_size * env.world_size
 
     def checkpoint(epoch: int, cursor: Optional[Dict[str, Any]]) -> None:
@@ -256,10 +301,11 @@ def train(
             state.step += 1
             state.samples += samples_per_step
             run_steps += 1
-            if state.step % cfg.trainer.log_every == 0 or run_steps == 1:
-                last_loss = float(loss.detach())
+            window.add(loss)
+            if state.step % cfg.trainer.log_every == 0:
+                train_loss = window.close()  # collective: every rank logs at the same steps
                 if writer is not None:
-                    writer.add_scalar("train/loss", last_loss, state.step)
+                    writer.add_scalar("train/loss", train_loss, state.step)
             if bar is not None:
                 bar.update(1)
             if every > 0 and state.step % every == 0:
@@ -273,6 +319,10 @@ def train(
         state.epoch, state.cursor = epoch + 1, None
     if every >= 0:
         checkpoint(state.epoch, None)
+    if window.steps:  # the steps since the last log (all ranks ran the same number)
+        train_loss = window.close()
+        if writer is not None:
+            writer.add_scalar("train/loss", train_loss, state.step)
 
     metrics: Dict[str, Any] = evaluate(model, eval_reader, env, engine.forward)
     metrics.update(evaluate_ranking(cfg, model, manifest, env, engine.forward))
@@ -287,7 +337,9 @@ def train(
             "world_size": env.world_size,
             "train_seconds": train_seconds,
             "samples_per_s": run_steps * samples_per_step / train_seconds if train_seconds > 0 else 0.0,
-            "last_train_loss": last_loss,
+            "train_loss": window.last,  # mean over the last log window, every rank
+            "train_loss_steps": window.last_steps,
+            "ratio_requested": requested_ratio(cfg, sizes),
             "peak_memory_bytes": max(all_gather_object(_peak_memory_bytes(env))),
             "dense_engine": engine.name,
             "dense_optimizer_state_bytes": max(all_gather_object(engine.memory_report()["optimizer_state"])),
@@ -299,9 +351,7 @@ def train(
         }
     )
     if writer is not None:
-        for key in ("auc", "logloss", "ne", f"ndcg@{cfg.ranking.k}", f"hr@{cfg.ranking.k}"):
-            if key in metrics:
-                writer.add_scalar(f"eval/{key}", metrics[key], state.step)
+        log_eval(writer, metrics, state.step, cfg.ranking.k)
         writer.add_scalar("train/samples_per_s", metrics["samples_per_s"], state.step)
         writer.close()
     if env.is_main:
