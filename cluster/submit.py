@@ -171,12 +171,28 @@ class _TrailingOverrides:
         return ns, [a for a in rest if a not in extra]
 
 
+DESCRIPTION = """\
+Run a config on a Ray cluster through the Jobs API (the project's code travels with the job,
+so the cluster needs CompactRec's dependencies but not CompactRec), or render a KubeRay
+RayJob manifest for kubectl apply.
+
+Paths in the config are read on the cluster: data.path must be a URI every node can read
+(s3://, gs://, hdfs://) or a path on a volume mounted on every node; relative paths are
+joined to --remote-dir (default: the cluster config's storage.mount_path with --k8s and a
+claim, else /tmp/compactrec).
+
+examples:
+  compactrec submit configs/methods/full.yaml --address http://HEAD:8265 --follow
+  compactrec submit configs/methods/full.yaml --k8s --cluster-config configs/cluster/cpu.yaml -o job.yaml
+"""
+
+
 def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     """Register ``submit`` (handler ``args.fn(args) -> exit code``)."""
     p = subparsers.add_parser(
         "submit",
         help="run a config on a Ray cluster, or render a KubeRay RayJob",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.__class__ = type("SubmitParser", (_TrailingOverrides, type(p)), {})
