@@ -200,7 +200,7 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.add_argument("--address", default=None, help="Ray dashboard, http://HEAD:8265 (default: cluster.address, then RAY_ADDRESS)")
     p.add_argument("--follow", action="store_true", help="stream the job's log until it ends; exit 1 unless it succeeded")
-    p.add_argument("--name", default=None, help="job name (default: compactrec-<run name>)")
+    p.add_argument("--name", default=None, help="job name, used as given (default: compactrec-RUN-xxxxx, unique)")
     p.add_argument("--remote-dir", default=None, help="cluster directory for relative data.path / runs_dir")
     k = p.add_argument_group("Kubernetes")
     k.add_argument("--k8s", action="store_true", help="render a KubeRay RayJob manifest instead of submitting")
@@ -255,7 +255,7 @@ def _render(args: argparse.Namespace, cfg: RunConfig) -> int:
     shipped = cluster_run_config(cfg, remote)
     entrypoint, runtime_env = job_spec(shipped, code_dir=None)  # the image carries the code
     manifest = render_rayjob(
-        cc, shipped.cluster, name=job_name(_job_prefix(args, cfg)), entrypoint=entrypoint,
+        cc, shipped.cluster, name=job_name(_job_prefix(args, cfg), unique=not args.name), entrypoint=entrypoint,
         runtime_env=runtime_env, metadata=_metadata(args, cfg), image=args.image, where=args.cluster_config,
     )
     text = to_yaml(manifest)
@@ -274,7 +274,9 @@ def _job_prefix(args: argparse.Namespace, cfg: RunConfig) -> str:
 
 
 def _metadata(args: argparse.Namespace, cfg: RunConfig) -> Dict[str, str]:
-    return {"compactrec_config": str(args.config), "compactrec_overrides": " ".join(args.overrides), "run": cfg.name}
+    """Labels for the job: the config's file name, not its path on this machine (the job
+    carries the whole config; a local path means nothing on the cluster and leaks ours)."""
+    return {"compactrec_config": Path(args.config).name, "compactrec_overrides": " ".join(args.overrides), "run": cfg.name}
 
 
 def _say(msg: str) -> None:
