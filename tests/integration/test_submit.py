@@ -17,7 +17,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import psutil
 import pytest
@@ -64,11 +64,11 @@ def _cluster_python(root: Path) -> Path:
 
 
 @contextmanager
-def ray_head(python: Path, workdir: Path) -> Iterator[Tuple[str, Path]]:
+def ray_head(python: Path, workdir: Path, temp: Optional[Path] = None) -> Iterator[Tuple[str, Path]]:
     """``ray start --head --block`` on loopback with free ports; yields (dashboard URL, Ray's
-    temp dir). Stops every process it started, by id (``ray stop`` would stop every Ray
-    cluster on the machine, other people's included)."""
-    temp = Path(tempfile.mkdtemp(prefix="cr-ray-", dir="/tmp"))  # Ray's socket paths must stay short
+    temp dir, default a new one). Stops every process it started, by id (``ray stop`` would
+    stop every Ray cluster on the machine, other people's included)."""
+    temp = temp or Path(tempfile.mkdtemp(prefix="cr-ray-", dir="/tmp"))  # Ray's socket paths must stay short
     dashboard = _free_port()
     ports = {
         "--port": _free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": _free_port(),
