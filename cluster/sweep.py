@@ -96,8 +96,8 @@ def _base_row(name: str, point: Point, run: RunConfig) -> Dict[str, Any]:
 def run_sweep(cfg: RunConfig, address: Optional[str] = None, remote_dir: Optional[str] = None) -> List[Dict[str, Any]]:
     """Run (or submit) every reachable point; one row per point: its metrics and
     ``status`` done, or ``status`` unreachable / failed with ``error``."""
-    from compactrec.cluster.reachable import unreachable_reason
     from compactrec.cluster.run import absolute_paths, ensure_data
+    from compactrec.run_log import RunLog
     from compactrec.trainer.run_folder import new_launch_id, point_latest
 
     if not cfg.sweep:
@@ -109,6 +109,19 @@ def run_sweep(cfg: RunConfig, address: Optional[str] = None, remote_dir: Optiona
     sweep_dir = Path(cfg.runs_dir) / cfg.name / launch
     sweep_dir.mkdir(parents=True, exist_ok=True)
     point_latest(sweep_dir.parent, launch)
+    with RunLog(sweep_dir / "log.txt"):
+        print(f"compactrec sweep: {cfg.name}: launch {launch} in {sweep_dir}", flush=True)
+        rows = _sweep(cfg, launch, sweep_dir, address, remote_dir)
+    for row in rows:
+        row["sweep_dir"] = str(sweep_dir)
+    write_results(rows, sweep_dir)
+    return rows
+
+
+def _sweep(cfg: RunConfig, launch: str, sweep_dir: Path, address: Optional[str], remote_dir: Optional[str]) -> List[Dict[str, Any]]:
+    """Plan every point (unreachable ones become rows at once), then run the rest."""
+    from compactrec.cluster.reachable import unreachable_reason
+
     schema = _schema(cfg)
     rows: List[Dict[str, Any]] = []
     todo: List[Tuple[int, RunConfig]] = []
@@ -129,7 +142,6 @@ def run_sweep(cfg: RunConfig, address: Optional[str] = None, remote_dir: Optiona
         else:
             rows[i].update(status="failed", error=outcome)
             print(f"compactrec sweep: {rows[i]['name']}: failed: {outcome}", flush=True)
-    write_results(rows, sweep_dir)
     return rows
 
 
@@ -231,12 +243,15 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from compactrec.run_log import append_log
+
     cfg = load_config(args.config, args.overrides)
     rows = run_sweep(cfg, args.address, args.remote_dir)
-    print(results_markdown(rows))
-    where = Path(cfg.runs_dir) / cfg.name / "latest"
-    print(f"compactrec sweep: results in {where}/results.{{csv,md,png}}")
+    where = Path(rows[0]["sweep_dir"]) if rows else Path(cfg.runs_dir) / cfg.name / "latest"
+    lines = [results_markdown(rows), f"compactrec sweep: results in {where}/results.{{csv,md,png}}"]
     unreachable = [r["name"] for r in rows if r.get("status") == "unreachable"]
     if unreachable:
-        print(f"compactrec sweep: {len(unreachable)} point(s) unreachable, not run: {', '.join(unreachable)}")
+        lines.append(f"compactrec sweep: {len(unreachable)} point(s) unreachable, not run: {', '.join(unreachable)}")
+    print("\n".join(lines))
+    append_log(where / "log.txt", "\n".join(lines))
     return 0 if all(r.get("status") != "failed" for r in rows) else 1

@@ -66,8 +66,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.config}: declares a sweep; run it with `compactrec sweep`")
     from compactrec.cluster.run import run_training
 
+    from compactrec.run_log import append_log
+
     metrics = run_training(cfg)
-    print(summary_table([metrics]))
+    table = summary_table([metrics])
+    print(table)
+    append_log(f"{metrics['run_dir']}/log.txt", table)
     return 0
 
 

@@ -32,6 +32,7 @@ from compactrec.trainer.metrics import ctr_metrics, ctr_metrics_from_sums, ctr_s
 from compactrec.trainer.model import build_model, embedding_module
 from compactrec.trainer.ranking import dlrm_scorer, ranking_metrics
 from compactrec.trainer.run_folder import run_dir
+from compactrec.trainer.scalars import scalar_writer
 from compactrec.trainer.optim import apply_sparse_optimizer
 
 ProgressFactory = Callable[..., Any]  # tqdm-like: (total=, desc=, disable=) -> bar
@@ -270,11 +271,7 @@ def train(
             print(f"compactrec: resumed from {resume} at step {state.step} (epoch {state.epoch})", flush=True)
         state.world_size, state.run_id = env.world_size, cfg.trainer.run_id
 
-    writer = None
-    if env.is_main and cfg.trainer.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tb"))
+    writer = scalar_writer(cfg, env.is_main, out)  # TensorBoard and / or MLflow, rank 0
     every = cfg.trainer.checkpoint_every
     run_steps, train_seconds = 0, 0.0
     window = LossWindow(env.device)
