@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-# a cited document: anything under docs/, or an upper-case name such as README.md or STACK.md
+# a cited document: anything under docs/, or an upper-case name such as README.md
 # (lower-case names elsewhere, such as results.md, are files that runs write)
 MD_REF = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*(?:[A-Z][A-Z0-9_-]*\.md)|docs/(?:[\w.-]+/)*[\w.-]+\.md)\b")
 
