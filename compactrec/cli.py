@@ -39,7 +39,8 @@ starts a new local cluster. trainer.launcher=local trains without Ray.
 examples:
   compactrec train configs/methods/memcom.yaml compression.ratio=8 cluster.num_workers=2
   compactrec train configs/methods/cafe.yaml trainer.launcher=local cluster.num_workers=1
-  ray job submit --working-dir . -- compactrec train configs/methods/full.yaml
+  ray job submit -- compactrec train configs/methods/full.yaml   (a cluster with CompactRec installed;
+                                                                   compactrec submit ships the code)
 """
 
 

@@ -35,7 +35,8 @@ def _under_ray() -> bool:
 
 def resume_path(cfg: RunConfig) -> Optional[Path]:
     """``trainer.resume_from``: a checkpoint folder, a folder of them, or ``latest`` (the
-    newest valid one of this run, if any). Broken checkpoints are skipped with a warning."""
+    newest valid one in this launch's folder, which ``start_launch`` made the newest launch's,
+    if any). Broken checkpoints are skipped with a warning."""
     spec = cfg.trainer.resume_from
     if not spec:
         return None
