@@ -40,7 +40,11 @@ def ray_session(cfg: RunConfig, extra_cpus: int = 0) -> Iterator[None]:
     address = cluster_address(cfg.cluster.address)
     if address:
         print(f"compactrec: attaching to the Ray cluster at {address}", flush=True)
-        ray.init(address=address, log_to_driver=True, **_QUIET)
+        try:
+            ray.init(address=address, log_to_driver=True, **_QUIET)
+        except ConnectionError as e:  # "auto" with no cluster, a wrong host:port
+            raise RuntimeError(f"cluster.address={address}: no Ray cluster there ({e}); "
+                               "cluster.address=local starts one here") from None
     else:
         ray.init(address="local", **local_cluster_resources(cfg, extra_cpus), log_to_driver=True, **_QUIET)
     try:

@@ -55,9 +55,14 @@ def _trial(config: Dict[str, Any], runs: List[Dict[str, Any]]) -> None:
 def run_on_tune(runs: Sequence[RunConfig], sweep_dir: Path) -> Dict[int, str]:
     """Train every run as a Tune trial (Ray must be initialized); returns the error text of
     each run that failed, by index. Tune's own state goes to ``sweep_dir/tune``."""
+    import os
+
     import ray
     from ray import tune
 
+    # Tune's newer console output prints an experiment box and paths even at verbose=0; the
+    # legacy reporter at verbose=0 prints nothing (the sweep prints its own table at the end).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     trainable = tune.with_resources(
         tune.with_parameters(_trial, runs=[config_to_dict(r) for r in runs]), {"CPU": TRIAL_DRIVER_CPU}
     )

@@ -4,6 +4,7 @@ metrics.json contents, and clear errors for bad configs and bad data."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,11 @@ def test_train_on_two_ray_workers_keeps_one_copy_of_each_checkpoint(tiny_data: P
     assert copies == [Path("checkpoints/step_000000012"), Path("checkpoints/step_000000016")], copies
     assert (run / "ray").is_dir() and not list((run / "ray").rglob("checkpoint_*"))  # Ray's state only
     assert not (tmp_path / "_ray").exists()
+    # Quiet console (a pipe here: no colour codes), everything in the run's log file
+    console = r.stdout + r.stderr
+    assert "Traceback" not in console and "core_worker.cc" not in console and "\x1b[" not in console, console[-3000:]
+    log = (run / "log.txt").read_text()
+    assert "world_rank=1" in log and re.search(r"\|\s+ray2\s+\|", log) and "\x1b[" not in log
 
 
 def test_two_launches_of_one_name_keep_both_runs(tiny_data: Path, tmp_path: Path):
