@@ -128,11 +128,26 @@ def _build_wheel(root: Path, dest: Path) -> Path:
 # ---------------------------------------------------------------------------- Jobs API
 
 
-def submit_job(address: str, entrypoint: str, runtime_env: Dict[str, Any], job_id: str, metadata: Dict[str, str]) -> str:
+def _client(address: str) -> Any:
+    """A Jobs API client for exactly ``address``: Ray's SDK lets ``RAY_ADDRESS`` override the
+    address it is given (inside a Ray job, or with RAY_ADDRESS=local, ``--address`` would be
+    ignored), unless ``RAY_API_SERVER_ADDRESS`` names the server; it is set for the call."""
     from ray.job_submission import JobSubmissionClient
 
+    saved = os.environ.get("RAY_API_SERVER_ADDRESS")
+    os.environ["RAY_API_SERVER_ADDRESS"] = address
     try:
-        client = JobSubmissionClient(address)
+        return JobSubmissionClient(address)
+    finally:
+        if saved is None:
+            del os.environ["RAY_API_SERVER_ADDRESS"]
+        else:
+            os.environ["RAY_API_SERVER_ADDRESS"] = saved
+
+
+def submit_job(address: str, entrypoint: str, runtime_env: Dict[str, Any], job_id: str, metadata: Dict[str, str]) -> str:
+    try:
+        client = _client(address)
         return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id, metadata=metadata)
     except OSError as e:  # ConnectionError, requests errors
         raise RuntimeError(f"cannot reach the Ray dashboard at {address}: {e}") from e
@@ -140,9 +155,7 @@ def submit_job(address: str, entrypoint: str, runtime_env: Dict[str, Any], job_i
 
 def follow_job(address: str, job_id: str, timeout_s: float = 60.0) -> str:
     """Stream the job's log to stdout until it ends; its final status."""
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(address)
+    client = _client(address)
 
     async def _tail() -> None:
         async for lines in client.tail_job_logs(job_id):

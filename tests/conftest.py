@@ -9,9 +9,6 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# A run attaches to a Ray head recorded on the machine (cluster/ray_address.py); the suite's
-# runs start their own local clusters, whatever else runs here. Tests that attach unset it.
-os.environ.setdefault("RAY_ADDRESS", "local")
 # Read when @triton.jit functions are defined: set before any test module (or the modules it
 # imports) loads a kernel module, so tests/kernels can run the kernels under the interpreter.
 os.environ.setdefault("TRITON_INTERPRET", "1")

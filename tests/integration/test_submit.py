@@ -186,4 +186,18 @@ def test_submit_runs_the_demo_from_the_shipped_code(tmp_path: Path):
         assert "Bayes AUC" in r.stdout and "submit1" in r.stdout  # the job's summary table, streamed
     metrics = json.loads((remote / "runs" / "submit1" / "latest" / "metrics.json").read_text())
     assert metrics["world_size"] == 1 and metrics["steps"] == 4096 // 128
-    assert (remote / "data" / "demo" / "_manifest.json").exists()  # relative data.path -> --remote-dir
+    assert (remote / "datasets" / "demo" / "_manifest.json").exists()  # relative data.path -> --remote-dir
+
+
+def test_an_explicit_address_wins_over_ray_address(monkeypatch):
+    """Ray's Jobs SDK lets RAY_ADDRESS override the address it is given; ours does not."""
+    import ray.dashboard.utils as ray_utils
+
+    from compactrec.cluster.submit import _client
+
+    seen = []
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    monkeypatch.setattr(ray_utils, "ray_address_to_api_server_url", lambda a: seen.append(a) or pytest.fail(f"looked up {a}"))
+    with pytest.raises(ConnectionError, match=r"http://127\.0\.0\.1:9\b"):  # nothing listens there
+        _client("http://127.0.0.1:9")
+    assert seen == [] and "RAY_API_SERVER_ADDRESS" not in os.environ
