@@ -23,6 +23,8 @@ from typing import Dict, List, Optional
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 # Ray prefixes every line a worker or actor prints: "(RayTrainWorker pid=123, ip=10.0.0.1) ".
 RAY_PREFIX = re.compile(rb"^\((?:[\w.:]+ )?pid=[^)]*\) ?")
+RAY_FRAME = re.compile(rb'File "[^"]*/site-packages/ray/')
+STDLIB_FRAME = re.compile(rb'File "[^"]*/lib/python3\.\d+/(?!site-packages/)[^"]*"')
 # C++ log lines of Ray's core worker / raylet: "[2026-12-01 18:40:44,926 E 10208 10238] core_worker.cc:2465: ..."
 RAY_CPP = re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,]+ [EWI] \d+ \d+\] [\w/]+\.(?:cc|h):\d+:")
 # Ray Train's controller narrating its worker group (the same facts are in metrics.json).
@@ -71,8 +73,11 @@ class ConsoleFilter:
 
 
 def _ray_internal(block: List[bytes]) -> bool:
-    frames = [b for b in block if b.lstrip().startswith(b'File "') or b'File "' in b]
-    return bool(frames) and all(b"/site-packages/ray/" in f or b"/ray/_private/" in f for f in frames)
+    """Every frame is Ray's or the standard library's (a thread's ``threading.py`` frames), and
+    at least one is Ray's: no CompactRec or user code took part."""
+    frames = [b for b in block if b'File "' in b]
+    ray = [f for f in frames if RAY_FRAME.search(f)]
+    return bool(ray) and all(RAY_FRAME.search(f) or STDLIB_FRAME.search(f) for f in frames)
 
 
 class RunLog:

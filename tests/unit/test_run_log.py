@@ -15,6 +15,8 @@ RAY = "/work/x/.venv/lib/python3.11/site-packages/ray"
 RAY_THREAD_CRASH = [
     "Exception in thread PlacementGroupCleanerMonitor:",
     "Traceback (most recent call last):",
+    '  File "/root/.pyenv/versions/3.11.7/lib/python3.11/threading.py", line 1045, in _bootstrap_inner',
+    "    self.run()",
     f'  File "{RAY}/train/v2/_internal/execution/controller/placement_group_cleaner.py", line 80, in _monitor_loop',
     "    alive = is_actor_alive(",
     f'  File "{RAY}/_private/services.py", line 759, in canonicalize_bootstrap_address_or_die',
@@ -22,6 +24,7 @@ RAY_THREAD_CRASH = [
 ]
 OUR_ERROR = [
     "(RayTrainWorker pid=7) Traceback (most recent call last):",
+    '(RayTrainWorker pid=7)   File "/root/.pyenv/versions/3.11.7/lib/python3.11/threading.py", line 1045, in run',
     '(RayTrainWorker pid=7)   File "/work/x/trainer/loop.py", line 12, in train',
     "(RayTrainWorker pid=7) ValueError: column 'cat_3' row 5 has id 99 outside [0, 8)",
 ]
