@@ -40,6 +40,6 @@ setup(
         "numpy",
         "pyyaml",
     ],
-    extras_require={"deepspeed": ["deepspeed>=0.19.8"], "plot": ["matplotlib"]},
+    extras_require={"deepspeed": ["deepspeed>=0.19.8"], "plot": ["matplotlib"], "mlflow": ["mlflow>=2.9"]},
     entry_points={"console_scripts": ["compactrec=compactrec.cli:main"]},
 )

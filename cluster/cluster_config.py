@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
@@ -28,6 +28,7 @@ QUANTITY = re.compile(
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # namespaces, group names
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")  # Secret names
 
 
 @dataclass
@@ -37,6 +38,8 @@ class HeadConfig:
     cpu: int = 2  # CPU cores requested (and limited) for the pod
     memory: str = "8Gi"  # a Kubernetes quantity
     num_cpus: int = 0  # CPUs the head offers to Ray tasks: 0 keeps training workers off the head
+    shm: str = "auto"  # /dev/shm: auto (in memory on GPU pods only) | none | a size limit such as 16Gi
+    pod_patch: Dict[str, Any] = field(default_factory=dict)  # merged into the head's pod template
 
 
 @dataclass
@@ -53,6 +56,10 @@ class WorkerGroupConfig:
     gpu: int = 0  # GPUs per pod (requested as `gpu_resource`)
     gpu_resource: str = "nvidia.com/gpu"
     node_selector: Dict[str, str] = field(default_factory=dict)  # e.g. the GPU product label
+    # /dev/shm: auto = an in-memory volume on GPU pods (NCCL's intra-node buffers live there;
+    # a container's default is 64 MB), none, or a size limit such as 64Gi (any pod)
+    shm: str = "auto"
+    pod_patch: Dict[str, Any] = field(default_factory=dict)  # merged into this group's pod template
 
 
 @dataclass
@@ -69,6 +76,7 @@ class KubeClusterConfig:
 
     image: str = "compactrec:latest"  # built from cluster/Dockerfile; `--image` overrides
     image_pull_policy: str = "IfNotPresent"  # Always | IfNotPresent | Never
+    image_pull_secrets: List[str] = field(default_factory=list)  # Secret names for a private registry
     namespace: str = "default"
     ray_version: str = "2.60.0"  # rayClusterSpec.rayVersion: the Ray inside `image`
     service_account: str = ""  # "" : the namespace's default service account
@@ -76,6 +84,9 @@ class KubeClusterConfig:
     worker_groups: List[WorkerGroupConfig] = field(default_factory=lambda: [WorkerGroupConfig()])
     storage: StorageConfig = field(default_factory=StorageConfig)
     env: Dict[str, str] = field(default_factory=dict)  # extra variables in every Ray container
+    # merged into every pod template (head, workers), before their own pod_patch; see
+    # cluster/pod_patch.py (JSON merge patch, lists of named items merged by name)
+    pod_patch: Dict[str, Any] = field(default_factory=dict)
     shutdown_after_job_finishes: bool = True  # delete the RayCluster when the job ends
     ttl_seconds_after_finished: int = 600  # ... this long after it ends (needs shutdown above)
     active_deadline_seconds: Optional[int] = None  # fail the job after this long; None: no limit
@@ -109,6 +120,10 @@ def check_cluster_config(cc: KubeClusterConfig, where: str) -> None:
     if not DNS1123_LABEL.match(cc.namespace):
         fail("namespace", f"is {cc.namespace!r}; expected a DNS-1123 label (lower case, digits, '-')")
     _check_pod("head", cc.head.cpu, cc.head.memory, fail)
+    _check_shm("head.shm", cc.head.shm, fail)
+    for i, secret in enumerate(cc.image_pull_secrets):
+        if not DNS1123_SUBDOMAIN.match(secret) or len(secret) > 253:
+            fail(f"image_pull_secrets[{i}]", f"is {secret!r}; expected a Secret name (DNS-1123 subdomain)")
     if cc.head.num_cpus < 0 or cc.head.num_cpus > cc.head.cpu:
         fail("head.num_cpus", f"is {cc.head.num_cpus}; expected 0..head.cpu ({cc.head.cpu})")
     names = [g.name for g in cc.worker_groups]
@@ -119,6 +134,7 @@ def check_cluster_config(cc: KubeClusterConfig, where: str) -> None:
         if not DNS1123_LABEL.match(g.name) or len(g.name) > 63:
             fail(f"{key}.name", f"is {g.name!r}; expected a DNS-1123 label")
         _check_pod(key, g.cpu, g.memory, fail)
+        _check_shm(f"{key}.shm", g.shm, fail)
         if g.gpu < 0:
             fail(f"{key}.gpu", f"is {g.gpu}; expected >= 0")
         for k in ("replicas", "min_replicas", "max_replicas"):
@@ -139,6 +155,11 @@ def check_cluster_config(cc: KubeClusterConfig, where: str) -> None:
         fail("active_deadline_seconds", "must be > 0 (or null for no limit)")
     if cc.backoff_limit < 0:
         fail("backoff_limit", "must be >= 0")
+
+
+def _check_shm(key: str, shm: str, fail) -> None:
+    if shm not in ("auto", "none") and not QUANTITY.match(str(shm)):
+        fail(key, f"is {shm!r}; expected auto, none or a Kubernetes quantity such as 16Gi")
 
 
 def _check_pod(key: str, cpu: int, memory: str, fail) -> None:

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
 from typing import Any, Dict, List, Optional
 
 import yaml
 
 from compactrec.cluster.cluster_config import KubeClusterConfig, WorkerGroupConfig
+from compactrec.cluster.pod_patch import merge_patch
 from compactrec.trainer.config import ClusterConfig, ConfigError
 
 API_VERSION = "ray.io/v1"
@@ -34,13 +36,18 @@ MAX_NAME = 47  # KubeRay: a RayJob name <= 47 characters (it appends 6 for the R
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 HEAD_PORTS = [(6379, "gcs-server"), (8265, "dashboard"), (10001, "client")]
 VOLUME = "compactrec-shared"
+SHM_VOLUME = "dshm"
 
 
-def job_name(text: str) -> str:
-    """``text`` as a valid RayJob name: a DNS-1035 label of at most 47 characters."""
+def job_name(text: str, unique: bool = False) -> str:
+    """``text`` as a valid RayJob name: a DNS-1035 label of at most 47 characters; with
+    ``unique``, ending in ``-`` and 5 random hex digits, so that a second submission of the
+    same run is a new RayJob instead of a clash with the first (``kubectl apply`` would
+    otherwise update the running one)."""
+    room = MAX_NAME - (6 if unique else 0)
     name = re.sub(r"[^a-z0-9-]+", "-", text.lower())
-    name = re.sub(r"-+", "-", name).lstrip("-0123456789")[:MAX_NAME].rstrip("-")
-    return name or "compactrec"
+    name = re.sub(r"-+", "-", name).lstrip("-0123456789")[:room].rstrip("-") or "compactrec"
+    return f"{name}-{secrets.token_hex(3)[:5]}" if unique else name
 
 
 def worker_slots(group: WorkerGroupConfig, run: ClusterConfig) -> int:
@@ -129,9 +136,14 @@ def render_rayjob(
         spec["activeDeadlineSeconds"] = cc.active_deadline_seconds
     if metadata:
         spec["metadata"] = {k: str(v) for k, v in metadata.items()}
+    if cc.image_pull_secrets:  # KubeRay's default submitter pod would pull the image without them
+        spec["submitterPodTemplate"] = _submitter_pod(cc, image)
     head = {
         "rayStartParams": {"num-cpus": str(cc.head.num_cpus)},
-        "template": _pod(cc, image, "ray-head", cc.head.cpu, cc.head.memory, gpu=0, gpu_resource="", ports=True),
+        "template": _patched(
+            _pod(cc, image, "ray-head", cc.head.cpu, cc.head.memory, gpu=0, gpu_resource="", ports=True, shm=cc.head.shm),
+            cc.pod_patch, cc.head.pod_patch,
+        ),
     }
     workers = []
     for g, r in zip(cc.worker_groups, replicas):
@@ -141,7 +153,10 @@ def render_rayjob(
             "minReplicas": r if g.min_replicas is None else g.min_replicas,
             "maxReplicas": r if g.max_replicas is None else g.max_replicas,
             "rayStartParams": {},  # CPUs and GPUs come from the container's limits
-            "template": _pod(cc, image, "ray-worker", g.cpu, g.memory, g.gpu, g.gpu_resource, node_selector=g.node_selector),
+            "template": _patched(
+                _pod(cc, image, "ray-worker", g.cpu, g.memory, g.gpu, g.gpu_resource, node_selector=g.node_selector, shm=g.shm),
+                cc.pod_patch, g.pod_patch,
+            ),
         })
     spec["rayClusterSpec"] = {
         "rayVersion": cc.ray_version,
@@ -173,6 +188,7 @@ def _pod(
     gpu_resource: str,
     ports: bool = False,
     node_selector: Optional[Dict[str, str]] = None,
+    shm: str = "none",
 ) -> Dict[str, Any]:
     """A pod template with one Ray container; requests == limits (a Guaranteed pod)."""
     amount: Dict[str, Any] = {"cpu": str(cpu), "memory": str(memory)}
@@ -188,9 +204,19 @@ def _pod(
     if cc.env:
         c["env"] = [{"name": k, "value": str(v)} for k, v in sorted(cc.env.items())]
     pod: Dict[str, Any] = {"containers": [c]}
+    mounts: List[Dict[str, Any]] = []
+    volumes: List[Dict[str, Any]] = []
     if cc.storage.claim:
-        c["volumeMounts"] = [{"name": VOLUME, "mountPath": cc.storage.mount_path}]
-        pod["volumes"] = [{"name": VOLUME, "persistentVolumeClaim": {"claimName": cc.storage.claim}}]
+        mounts.append({"name": VOLUME, "mountPath": cc.storage.mount_path})
+        volumes.append({"name": VOLUME, "persistentVolumeClaim": {"claimName": cc.storage.claim}})
+    shm_volume = shm_volume_source(shm, gpu)
+    if shm_volume is not None:
+        mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+        volumes.append({"name": SHM_VOLUME, "emptyDir": shm_volume})
+    if mounts:
+        c["volumeMounts"], pod["volumes"] = mounts, volumes
+    if cc.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s} for s in cc.image_pull_secrets]
     if cc.service_account:
         pod["serviceAccountName"] = cc.service_account
     if node_selector:
@@ -198,6 +224,35 @@ def _pod(
     if gpu:  # GPU nodes are usually tainted so that only GPU pods land there
         pod["tolerations"] = [{"key": gpu_resource, "operator": "Exists", "effect": "NoSchedule"}]
     return {"spec": pod}
+
+
+def shm_volume_source(shm: str, gpu: int) -> Optional[Dict[str, Any]]:
+    """The ``emptyDir`` behind ``/dev/shm``, or None. A container's own /dev/shm is 64 MB;
+    NCCL keeps its intra-node buffers there, so 8-GPU pods fail or crawl without a bigger
+    one. ``medium: Memory`` counts against the pod's memory limit, which bounds it."""
+    if shm == "none" or (shm == "auto" and not gpu):
+        return None
+    return {"medium": "Memory"} if shm == "auto" else {"medium": "Memory", "sizeLimit": shm}
+
+
+def _patched(template: Dict[str, Any], *patches: Dict[str, Any]) -> Dict[str, Any]:
+    """The pod template with the cluster config's ``pod_patch`` sections merged in, in order."""
+    for patch in patches:
+        if patch:
+            template = merge_patch(template, patch)
+    return template
+
+
+def _submitter_pod(cc: KubeClusterConfig, image: str) -> Dict[str, Any]:
+    """The pod that runs ``ray job submit`` (K8sJobMode). KubeRay fills in its command when
+    the container has none; it is rendered only to carry the image pull secrets."""
+    amount = {"cpu": "1", "memory": "1Gi"}
+    return {"spec": {
+        "restartPolicy": "Never",
+        "imagePullSecrets": [{"name": s} for s in cc.image_pull_secrets],
+        "containers": [{"name": "ray-job-submitter", "image": image, "imagePullPolicy": cc.image_pull_policy,
+                        "resources": {"requests": amount, "limits": amount}}],
+    }}
 
 
 def check_rayjob(manifest: Dict[str, Any]) -> None:

@@ -13,10 +13,12 @@ from typing import Any, Dict
 from compactrec.sharding.env import backend_for, close_process_group, free_port, init_process_group, spawn
 from compactrec.trainer.config import RunConfig, config_to_dict
 from compactrec.trainer.entry import spawned_worker, worker_main
-from compactrec.trainer.loop import run_dir
+from compactrec.trainer.run_folder import run_dir, start_launch
 
 
 def run_local(cfg: RunConfig) -> Dict[str, Any]:
+    if not cfg.trainer.run_id:  # called without run_training: still one folder per launch
+        cfg = start_launch(cfg)
     config = config_to_dict(cfg)
     n = cfg.cluster.num_workers
     backend = backend_for(cfg.trainer.device)

@@ -7,28 +7,30 @@ workers (a local Ray cluster, or ``cluster.address``) and collects rank 0's metr
 from __future__ import annotations
 
 import json
-import uuid
-from dataclasses import replace
 import logging
 import os
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Dict, Iterator
 
 from compactrec.cluster.fault_message import describe_failure
+from compactrec.cluster.ray_address import cluster_address
 from compactrec.trainer.config import RunConfig, config_to_dict
 from compactrec.trainer.entry import worker_main
-from compactrec.trainer.loop import run_dir
+from compactrec.trainer.run_folder import run_dir, start_launch
 
 
 # Without the dashboard, Ray Train's placement-group cleaner warns every few seconds that
-# the state API is unavailable; workers log FBGEMM's library loads at INFO.
+# the state API is unavailable; workers log FBGEMM's library loads at INFO. Both levels
+# apply to attached clusters too (they are the driver's and its job's logging).
 _QUIET: Dict[str, Any] = {"logging_level": logging.WARNING}
 
 
 @contextmanager
-def ray_session(cfg: RunConfig) -> Iterator[None]:
-    """``ray.init`` for the run (a local cluster unless ``cluster.address``), then shutdown."""
+def ray_session(cfg: RunConfig, extra_cpus: int = 0) -> Iterator[None]:
+    """``ray.init`` for the run, then shutdown: attach to the cluster that is there (inside
+    ``ray job submit``, beside a running ``ray start --head``, or ``cluster.address``) with
+    no resources given, else start a local cluster sized for the run (``ray_address.py``)
+    plus ``extra_cpus`` (a sweep's Tune trial drivers)."""
     import ray
 
     _QUIET.setdefault("logging_config", ray.LoggingConfig(encoding="TEXT", log_level="ERROR"))
@@ -36,33 +38,42 @@ def ray_session(cfg: RunConfig) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    if cfg.cluster.address:
-        ray.init(address=cfg.cluster.address, log_to_driver=True, **_QUIET)
+    address = cluster_address(cfg.cluster.address)
+    if address:
+        print(f"compactrec: attaching to the Ray cluster at {address}", flush=True)
+        try:
+            ray.init(address=address, log_to_driver=True, **_QUIET)
+        except ConnectionError as e:  # "auto" with no cluster, a wrong host:port
+            raise RuntimeError(f"cluster.address={address}: no Ray cluster there ({e}); "
+                               "cluster.address=local starts one here") from None
     else:
-        need = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker
-        ray.init(
-            num_cpus=max(need, os.cpu_count() or 1),
-            num_gpus=None if cfg.cluster.use_gpu else 0,
-            include_dashboard=False,
-            log_to_driver=True,
-            **_QUIET,
-        )
+        ray.init(address="local", **local_cluster_resources(cfg, extra_cpus), log_to_driver=True, **_QUIET)
     try:
         yield
     finally:
         ray.shutdown()
 
 
+def local_cluster_resources(cfg: RunConfig, extra_cpus: int = 0) -> Dict[str, Any]:
+    """``ray.init`` arguments of a new local cluster: CPUs for every worker even on a
+    smaller machine (they time-share), no GPUs unless asked, no dashboard."""
+    need = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker
+    return {
+        "num_cpus": max(need, os.cpu_count() or 1) + extra_cpus,
+        "num_gpus": None if cfg.cluster.use_gpu else 0,
+        "include_dashboard": False,
+    }
+
+
 def run_ray(cfg: RunConfig) -> Dict[str, Any]:
     """One training run on ``cluster.num_workers`` Ray Train workers; returns its metrics."""
-    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-    from ray.train import RunConfig as RayRunConfig
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from compactrec.sharding.env import backend_for
 
-    cfg = replace(cfg, trainer=replace(cfg.trainer, run_id=cfg.trainer.run_id or uuid.uuid4().hex))
-    storage = Path(cfg.runs_dir).resolve() / "_ray"
+    if not cfg.trainer.run_id:  # called without run_training: still one folder per launch
+        cfg = start_launch(cfg)
     trainer = TorchTrainer(
         worker_main,
         train_loop_config=config_to_dict(cfg),
@@ -73,12 +84,7 @@ def run_ray(cfg: RunConfig) -> Dict[str, Any]:
             use_gpu=cfg.cluster.use_gpu,
             resources_per_worker={"CPU": cfg.cluster.cpus_per_worker},
         ),
-        run_config=RayRunConfig(
-            name=cfg.name.replace("/", "__"),
-            storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=cfg.trainer.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=max(1, cfg.trainer.keep_checkpoints)),
-        ),
+        run_config=ray_run_config(cfg),
     )
     with ray_session(cfg):
         try:
@@ -86,3 +92,18 @@ def run_ray(cfg: RunConfig) -> Dict[str, Any]:
         except Exception as e:  # Ray wraps worker errors; surface the worker's own message
             raise RuntimeError(f"training failed on Ray workers: {describe_failure(e)}") from e
     return json.loads((run_dir(cfg) / "metrics.json").read_text())
+
+
+def ray_run_config(cfg: RunConfig) -> Any:
+    """Ray Train's run config: its own state (a few small JSON files) in the launch folder,
+    ``RUN_DIR/ray``. Checkpoints are never handed to Ray (``entry.worker_main`` reports their
+    paths), so each one is on disk once, in ``RUN_DIR/checkpoints``."""
+    from ray.train import FailureConfig
+    from ray.train import RunConfig as RayRunConfig
+
+    return RayRunConfig(
+        name="ray",
+        storage_path=str(run_dir(cfg).resolve()),
+        failure_config=FailureConfig(max_failures=cfg.trainer.max_failures),
+    )
+

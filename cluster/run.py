@@ -46,14 +46,27 @@ def check_data(cfg: RunConfig) -> None:
 
 
 def run_training(cfg: RunConfig) -> Dict[str, Any]:
-    """Train ``cfg`` with its launcher; returns rank 0's metrics."""
+    """Train ``cfg`` with its launcher in a folder of its own (``trainer/run_folder.py``),
+    its output kept whole in RUN_DIR/log.txt (``compactrec/run_log.py``); returns rank 0's
+    metrics, with ``run_dir``."""
+    from compactrec.run_log import RunLog
+    from compactrec.trainer.run_folder import run_dir, start_launch
+
+    from compactrec.trainer.scalars import check_mlflow
+
     cfg = absolute_paths(cfg)
+    check_mlflow(cfg)  # an optional extra asked for but missing: say so before any work
     ensure_data(cfg)
     check_data(cfg)
-    if cfg.trainer.launcher == "local":
-        from compactrec.cluster.local_launcher import run_local
+    cfg = start_launch(cfg)
+    with RunLog(run_dir(cfg) / "log.txt"):
+        print(f"compactrec: {cfg.name}: launch {cfg.trainer.run_id} in {run_dir(cfg)}", flush=True)
+        if cfg.trainer.launcher == "local":
+            from compactrec.cluster.local_launcher import run_local
 
-        return run_local(cfg)
-    from compactrec.cluster.ray_launcher import run_ray
+            metrics = run_local(cfg)
+        else:
+            from compactrec.cluster.ray_launcher import run_ray
 
-    return run_ray(cfg)
+            metrics = run_ray(cfg)
+    return {**metrics, "run_dir": str(run_dir(cfg))}

@@ -128,11 +128,26 @@ def _build_wheel(root: Path, dest: Path) -> Path:
 # ---------------------------------------------------------------------------- Jobs API
 
 
-def submit_job(address: str, entrypoint: str, runtime_env: Dict[str, Any], job_id: str, metadata: Dict[str, str]) -> str:
+def _client(address: str) -> Any:
+    """A Jobs API client for exactly ``address``: Ray's SDK lets ``RAY_ADDRESS`` override the
+    address it is given (inside a Ray job, or with RAY_ADDRESS=local, ``--address`` would be
+    ignored), unless ``RAY_API_SERVER_ADDRESS`` names the server; it is set for the call."""
     from ray.job_submission import JobSubmissionClient
 
+    saved = os.environ.get("RAY_API_SERVER_ADDRESS")
+    os.environ["RAY_API_SERVER_ADDRESS"] = address
     try:
-        client = JobSubmissionClient(address)
+        return JobSubmissionClient(address)
+    finally:
+        if saved is None:
+            del os.environ["RAY_API_SERVER_ADDRESS"]
+        else:
+            os.environ["RAY_API_SERVER_ADDRESS"] = saved
+
+
+def submit_job(address: str, entrypoint: str, runtime_env: Dict[str, Any], job_id: str, metadata: Dict[str, str]) -> str:
+    try:
+        client = _client(address)
         return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id, metadata=metadata)
     except OSError as e:  # ConnectionError, requests errors
         raise RuntimeError(f"cannot reach the Ray dashboard at {address}: {e}") from e
@@ -140,9 +155,7 @@ def submit_job(address: str, entrypoint: str, runtime_env: Dict[str, Any], job_i
 
 def follow_job(address: str, job_id: str, timeout_s: float = 60.0) -> str:
     """Stream the job's log to stdout until it ends; its final status."""
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(address)
+    client = _client(address)
 
     async def _tail() -> None:
         async for lines in client.tail_job_logs(job_id):
@@ -171,12 +184,28 @@ class _TrailingOverrides:
         return ns, [a for a in rest if a not in extra]
 
 
+DESCRIPTION = """\
+Run a config on a Ray cluster through the Jobs API (the project's code travels with the job,
+so the cluster needs CompactRec's dependencies but not CompactRec), or render a KubeRay
+RayJob manifest for kubectl apply.
+
+Paths in the config are read on the cluster: data.path must be a URI every node can read
+(s3://, gs://, hdfs://) or a path on a volume mounted on every node; relative paths are
+joined to --remote-dir (default: the cluster config's storage.mount_path with --k8s and a
+claim, else /tmp/compactrec).
+
+examples:
+  compactrec submit configs/methods/full.yaml --address http://HEAD:8265 --follow
+  compactrec submit configs/methods/full.yaml --k8s --cluster-config configs/cluster/cpu.yaml -o job.yaml
+"""
+
+
 def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     """Register ``submit`` (handler ``args.fn(args) -> exit code``)."""
     p = subparsers.add_parser(
         "submit",
         help="run a config on a Ray cluster, or render a KubeRay RayJob",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.__class__ = type("SubmitParser", (_TrailingOverrides, type(p)), {})
@@ -184,7 +213,7 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.add_argument("--address", default=None, help="Ray dashboard, http://HEAD:8265 (default: cluster.address, then RAY_ADDRESS)")
     p.add_argument("--follow", action="store_true", help="stream the job's log until it ends; exit 1 unless it succeeded")
-    p.add_argument("--name", default=None, help="job name (default: compactrec-<run name>)")
+    p.add_argument("--name", default=None, help="job name, used as given (default: compactrec-RUN-xxxxx, unique)")
     p.add_argument("--remote-dir", default=None, help="cluster directory for relative data.path / runs_dir")
     k = p.add_argument_group("Kubernetes")
     k.add_argument("--k8s", action="store_true", help="render a KubeRay RayJob manifest instead of submitting")
@@ -239,7 +268,7 @@ def _render(args: argparse.Namespace, cfg: RunConfig) -> int:
     shipped = cluster_run_config(cfg, remote)
     entrypoint, runtime_env = job_spec(shipped, code_dir=None)  # the image carries the code
     manifest = render_rayjob(
-        cc, shipped.cluster, name=job_name(_job_prefix(args, cfg)), entrypoint=entrypoint,
+        cc, shipped.cluster, name=job_name(_job_prefix(args, cfg), unique=not args.name), entrypoint=entrypoint,
         runtime_env=runtime_env, metadata=_metadata(args, cfg), image=args.image, where=args.cluster_config,
     )
     text = to_yaml(manifest)
@@ -258,7 +287,9 @@ def _job_prefix(args: argparse.Namespace, cfg: RunConfig) -> str:
 
 
 def _metadata(args: argparse.Namespace, cfg: RunConfig) -> Dict[str, str]:
-    return {"compactrec_config": str(args.config), "compactrec_overrides": " ".join(args.overrides), "run": cfg.name}
+    """Labels for the job: the config's file name, not its path on this machine (the job
+    carries the whole config; a local path means nothing on the cluster and leaks ours)."""
+    return {"compactrec_config": Path(args.config).name, "compactrec_overrides": " ".join(args.overrides), "run": cfg.name}
 
 
 def _say(msg: str) -> None:

@@ -11,7 +11,6 @@ projections and id maps) that every rank holds.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 from torchrec.distributed.types import ShardingPlan
 
-from compactrec.trainer.config import RunConfig, load_config
+from compactrec.trainer.config import RunConfig
 from compactrec.data.reader.manifest import FeatureSchema, SparseFeature, manifest_path, read_manifest
 
 GB = 1024**3
@@ -139,20 +138,3 @@ def make_plan(cfg: RunConfig, world: int, hbm_gb: Optional[float], local_world: 
         + f"); embeddings {_gb(used)} GB vs full {_gb(full)} GB = {full / used:.1f}x; schema from {source}"
     )
     return format_plan(rows, replicated, world, title)
-
-
-def add_parser(subparsers: "argparse._SubParsersAction") -> None:
-    p = subparsers.add_parser("plan", help="print the sharding plan for N ranks without training")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    p.add_argument("--world-size", type=int, required=True)
-    p.add_argument("--hbm-gb", type=float, default=None, help="memory per device (plans for CUDA devices)")
-    p.add_argument("--local-world-size", type=int, default=None, help="ranks per host (default: 8 on GPU)")
-    p.set_defaults(fn=_cmd_plan)
-
-
-def _cmd_plan(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    local = args.local_world_size or (min(8, args.world_size) if args.hbm_gb else args.world_size)
-    print(make_plan(cfg, args.world_size, args.hbm_gb, local))
-    return 0

@@ -229,11 +229,25 @@ class TrainerConfig:
 
 
 @dataclass
+class MlflowConfig:
+    """MLflow tracking through Ray's integration (``ray.air.integrations.mlflow``), rank 0
+    only. An optional extra (``pip install 'compactrec[mlflow]'``), off by default; the
+    TensorBoard scalars (train/loss, eval/*) go to MLflow as metrics, the config as params."""
+
+    enabled: bool = False
+    tracking_uri: str = ""  # "": MLflow's own default (MLFLOW_TRACKING_URI, else ./mlruns)
+    experiment: str = "compactrec"  # created if missing
+    tags: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class ClusterConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: int = 1
-    address: str = ""  # empty: start a local Ray cluster
+    # "": attach to RAY_ADDRESS or a running `ray start` head, else start a local cluster;
+    # "local": always a new local one; else this address (cluster/ray_address.py)
+    address: str = ""
     torch_threads: int = 1  # intra-op threads per worker on CPU
 
 
@@ -252,6 +266,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     # Grid of dotted keys -> values, expanded by `compactrec sweep` (one run per point).
     sweep: Dict[str, List[Any]] = field(default_factory=dict)
 

@@ -1,17 +1,15 @@
 """The per-worker entry point: the same function runs under Ray Train and the local launcher.
 
 Ray Train (or ``compactrec.sharding.env.spawn``) has initialized the process group before
-this runs; this reads the rank's environment, finds the checkpoint to resume from (Ray's
-latest reported one after a worker failure, or ``trainer.resume_from``), trains, and reports
-metrics and checkpoints to Ray when under Ray.
+this runs; this reads the rank's environment, finds the checkpoint to resume from (this
+launch's newest one after a worker failure, or ``trainer.resume_from``), trains, and under
+Ray reports metrics and where each checkpoint lies (Ray keeps no copy of it).
 """
 
 from __future__ import annotations
 
-import json
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Optional
 
 from compactrec.logs import quiet_third_party
 
@@ -42,8 +40,9 @@ def _is_one_checkpoint(path: Path) -> bool:
 
 def resume_path(cfg: RunConfig) -> Optional[Path]:
     """``trainer.resume_from``: a checkpoint folder, a folder of them, or ``latest`` (the
-    newest valid one of this run, if any). Broken checkpoints are skipped with a warning.
-    Collective: every rank calls it, and they share the hashing."""
+    newest valid one in this launch's folder, which ``start_launch`` made the newest launch's,
+    if any). Broken checkpoints are skipped with a warning. Collective: every rank calls it,
+    and they share the hashing."""
     spec = cfg.trainer.resume_from
     if not spec:
         return None
@@ -62,26 +61,6 @@ def resume_path(cfg: RunConfig) -> Optional[Path]:
     return found
 
 
-def _step_of(path: Path) -> int:
-    try:
-        return int(json.loads((path / META).read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return -1
-
-
-@contextmanager
-def _ray_resume() -> Iterator[Optional[Path]]:
-    """The checkpoint Ray Train hands a restarted worker group (None on a first start)."""
-    import ray.train
-
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        yield None
-        return
-    with ckpt.as_directory() as d:
-        yield Path(d)
-
-
 def worker_main(config: Dict[str, Any]) -> Dict[str, Any]:
     """Train one rank; ``config`` is ``config_to_dict(RunConfig)`` (plain, picklable)."""
     quiet_third_party()
@@ -98,27 +77,22 @@ def worker_main(config: Dict[str, Any]) -> Dict[str, Any]:
     from ray.experimental.tqdm_ray import tqdm as progress
 
     def report_checkpoint(path: Path, info: Dict[str, Any]) -> None:
-        ckpt = ray.train.Checkpoint.from_directory(str(path)) if env.is_main else None
-        ray.train.report(info, checkpoint=ckpt)
+        # Ray is told where our checkpoint is, not handed a copy: a Checkpoint object would
+        # make Ray copy every table into its storage too (2x the disk). Every rank reports.
+        ray.train.report({**info, "checkpoint_path": str(path)})
 
-    with _ray_resume() as from_ray:
-        # Ray registers a reported checkpoint asynchronously: a worker that dies right after a
-        # report may come back without it, so also look for this launch's own checkpoints.
-        own = find_checkpoint(checkpoint_root(cfg), cfg.trainer.run_id, collective=True)[0] if cfg.trainer.run_id else None
-        why = problem(from_ray, collective=True) if from_ray is not None else None
-        if why is not None:  # a damaged copy: this launch's own checkpoints (verified) stand in
-            print(f"compactrec: warning: skipping Ray's checkpoint {from_ray}: {why}", flush=True)
-            from_ray = None
-        found = [p for p in (from_ray, own) if p is not None]
-        resume = max(found, key=_step_of) if found else resume_path(cfg)
-        try:
-            metrics = train(cfg, env, progress=progress, resume=resume, on_checkpoint=report_checkpoint)
-        except Exception as e:  # Ray reports errors per rank: say where (cluster/fault_message.py)
-            where = getattr(e, "compactrec_where", None)
-            if where is None:
-                raise
-            first = next((line for line in str(e).splitlines() if line.strip()), "")
-            raise RuntimeError(f"{where}: {type(e).__name__}: {first}") from e
+    # A restarted worker group resumes from the newest verified checkpoint of this launch (its
+    # own folder), else from trainer.resume_from.
+    own = find_checkpoint(checkpoint_root(cfg), cfg.trainer.run_id, collective=True)[0] if cfg.trainer.run_id else None
+    resume = own or resume_path(cfg)
+    try:
+        metrics = train(cfg, env, progress=progress, resume=resume, on_checkpoint=report_checkpoint)
+    except Exception as e:  # Ray reports errors per rank: say where (cluster/fault_message.py)
+        where = getattr(e, "compactrec_where", None)
+        if where is None:
+            raise
+        first = next((line for line in str(e).splitlines() if line.strip()), "")
+        raise RuntimeError(f"{where}: {type(e).__name__}: {first}") from e
     ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
     return metrics
 

@@ -34,14 +34,12 @@ from compactrec.io import atomic_write_json
 from compactrec.trainer.metrics import ctr_metrics, ctr_metrics_from_sums, ctr_sums
 from compactrec.trainer.model import build_model, embedding_module
 from compactrec.trainer.ranking import dlrm_scorer, ranking_metrics
+from compactrec.trainer.run_folder import run_dir
+from compactrec.trainer.scalars import scalar_writer
 from compactrec.trainer.optim import apply_sparse_optimizer
 
 ProgressFactory = Callable[..., Any]  # tqdm-like: (total=, desc=, disable=) -> bar
 EXACT_EVAL_ROWS = 4_000_000  # above: binned AUC from merged histograms instead of gathering rows
-
-
-def run_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.runs_dir) / cfg.name
 
 
 def checkpoint_root(cfg: RunConfig) -> Path:
@@ -213,6 +211,50 @@ def state_digest(model: nn.Module) -> str:
     return hashlib.sha256("".join(all_gather_object(h.hexdigest())).encode()).hexdigest()
 
 
+class LossWindow:
+    """The training loss averaged over the steps since the last log, on every rank: each
+    step adds its batch loss on the device (no host sync); ``close()`` sums (loss, steps)
+    over ranks with one all_reduce and starts a new window. Collective."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.steps = 0
+        self.last, self.last_steps = float("nan"), 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total += loss.detach().to(torch.float64)
+        self.steps += 1
+
+    def close(self) -> float:
+        both = torch.stack([self.total, torch.tensor(float(self.steps), dtype=torch.float64, device=self.device)])
+        total, steps = all_reduce_sum(both).tolist()
+        self.last, self.last_steps = total / steps, self.steps
+        self.total.zero_()
+        self.steps = 0
+        return self.last
+
+
+def requested_ratio(cfg: RunConfig, sizes: Dict[str, Any]) -> float:
+    """The compression the run asked for: ``compression.ratio``, or the full tables' bytes
+    over ``compression.bytes``; 1 for the full table and for explicit sizes (which ask none)."""
+    if cfg.embedding.kind == "full":
+        return 1.0  # the baseline ignores `compression`, so sweeps can include it
+    if cfg.compression.ratio is not None:
+        return float(cfg.compression.ratio)
+    if cfg.compression.bytes:
+        return sizes["full_embedding_bytes"] / cfg.compression.bytes
+    return float("nan")  # sizes set per method (embedding.hash.rows, ...): nothing was asked
+
+
+def log_eval(writer: Any, metrics: Dict[str, Any], step: int, k: int) -> None:
+    """Eval metrics as TensorBoard scalars at ``step`` (one point per evaluation: with an
+    eval per epoch they draw curves)."""
+    for key in ("auc", "logloss", "ne", f"ndcg@{k}", f"hr@{k}"):
+        if key in metrics:
+            writer.add_scalar(f"eval/{key}", metrics[key], step)
+
+
 def _inject_fault(cfg: RunConfig, env: DistEnv, step: int) -> None:
     """``trainer.fault_at_step``: the last rank dies once at that step (a marker file in the
     run folder makes the retry pass), so fault tolerance can be tested."""
@@ -269,13 +311,10 @@ def train(
         state.world_size, state.run_id = env.world_size, cfg.trainer.run_id
         state.config, state.fingerprint = config_to_dict(cfg), fingerprint  # the next resume compares with this run
 
-    writer = None
-    if env.is_main and cfg.trainer.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tb"))
+    writer = scalar_writer(cfg, env.is_main, out)  # TensorBoard and / or MLflow, rank 0
     every = cfg.trainer.checkpoint_every
-    run_steps, train_seconds, last_loss = 0, 0.0, float("nan")
+    run_steps, train_seconds = 0, 0.0
+    window = LossWindow(env.device)
     samples_per_step = cfg.data.batch_size * env.world_size
 
     def checkpoint(epoch: int, cursor: Optional[Dict[str, Any]]) -> None:
@@ -300,10 +339,11 @@ def train(
                 state.step += 1
                 state.samples += samples_per_step
                 run_steps += 1
-                if state.step % cfg.trainer.log_every == 0 or run_steps == 1:
-                    last_loss = float(loss.detach())
+                window.add(loss)
+                if state.step % cfg.trainer.log_every == 0:
+                    train_loss = window.close()  # collective: every rank logs at the same steps
                     if writer is not None:
-                        writer.add_scalar("train/loss", last_loss, state.step)
+                        writer.add_scalar("train/loss", train_loss, state.step)
                 if bar is not None:
                     bar.update(1)
                 if every > 0 and state.step % every == 0:
@@ -323,6 +363,10 @@ def train(
         raise
     if every >= 0:
         checkpoint(state.epoch, None)
+    if window.steps:  # the steps since the last log (all ranks ran the same number)
+        train_loss = window.close()
+        if writer is not None:
+            writer.add_scalar("train/loss", train_loss, state.step)
 
     metrics: Dict[str, Any] = evaluate(model, eval_reader, env, engine.forward)
     metrics.update(evaluate_ranking(cfg, model, manifest, env, engine.forward))
@@ -337,7 +381,9 @@ def train(
             "world_size": env.world_size,
             "train_seconds": train_seconds,
             "samples_per_s": run_steps * samples_per_step / train_seconds if train_seconds > 0 else 0.0,
-            "last_train_loss": last_loss,
+            "train_loss": window.last,  # mean over the last log window, every rank
+            "train_loss_steps": window.last_steps,
+            "ratio_requested": requested_ratio(cfg, sizes),
             "peak_memory_bytes": max(all_gather_object(_peak_memory_bytes(env))),
             "dense_engine": engine.name,
             "dense_optimizer_state_bytes": max(all_gather_object(engine.memory_report()["optimizer_state"])),
@@ -349,9 +395,7 @@ def train(
         }
     )
     if writer is not None:
-        for key in ("auc", "logloss", "ne", f"ndcg@{cfg.ranking.k}", f"hr@{cfg.ranking.k}"):
-            if key in metrics:
-                writer.add_scalar(f"eval/{key}", metrics[key], state.step)
+        log_eval(writer, metrics, state.step, cfg.ranking.k)
         writer.add_scalar("train/samples_per_s", metrics["samples_per_s"], state.step)
         writer.close()
     if env.is_main:

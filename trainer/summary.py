@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, List, Sequence, Tuple
 
 COLUMNS: List[Tuple[str, str, str]] = [  # (header, metrics key, format)
@@ -29,9 +30,27 @@ def _cell(fmt: str, value: Any) -> str:
         return str(value)
 
 
+# The budget planners end their messages with the reachable maximum: "... give 22.7x at
+# most", "at most 14.1x with dim 32", "the largest reachable compression ratio is 12.34x".
+_MAX = re.compile(r"(\d+(?:\.\d+)?)x\b")
+ERROR_WIDTH = 40  # the full text is in results.csv and the log; the table stays narrow
+
+
+def _why(m: Dict[str, Any]) -> str:
+    """One short cell for a point that did not run: ``unreachable (max 22.7x)`` or
+    ``failed: <the start of the error>``."""
+    if m.get("status") == "unreachable":
+        found = _MAX.findall(str(m["error"]))
+        return f"unreachable (max {found[-1]}x)" if found else "unreachable"
+    text = " ".join(str(m["error"]).split())
+    text = text if len(text) <= ERROR_WIDTH else text[: ERROR_WIDTH - 3] + "..."
+    return f"failed: {text}"
+
+
 def summary_table(rows: Sequence[Dict[str, Any]], columns: Sequence[Tuple[str, str, str]] = COLUMNS) -> str:
-    """A Markdown table, one row per run's metrics; a row with an ``error`` (a run that could
-    not start, e.g. a ratio its method cannot reach) shows the error after its first cells.
+    """A Markdown table, one row per run's metrics; a row with an ``error`` (a point whose
+    ratio its method cannot reach, or a run that failed) shows a short reason after its
+    first cells.
     Metric columns no row has (e.g. nDCG without ranking data) are left out."""
     columns = [c for i, c in enumerate(columns) if i < 3 or any(c[1] in m or c[1] == "embedding_mb" for m in rows)]
     body = []
@@ -39,7 +58,7 @@ def summary_table(rows: Sequence[Dict[str, Any]], columns: Sequence[Tuple[str, s
         m = {**m, "embedding_mb": m["embedding_bytes"] / 2**20 if "embedding_bytes" in m else None}
         cells = [_cell(fmt, m.get(key)) for _, key, fmt in columns]
         if "error" in m:  # run, method and ratio asked, then why it did not run
-            cells = cells[:3] + [f"not run: {m['error']}"] + [""] * (len(columns) - 4)
+            cells = cells[:3] + [_why(m)] + [""] * (len(columns) - 4)
         body.append(cells)
     headers = [h for h, _, _ in columns]
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]

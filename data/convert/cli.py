@@ -29,9 +29,20 @@ from compactrec.data.convert.criteo_splits import MODES
 _MB = 1 << 20
 
 
+DESCRIPTION = """\
+Raw data -> Parquet shards + _manifest.json. Re-running a command after an interruption
+continues it.
+
+examples:
+  compactrec convert criteo raw/day_{0..23}.gz --out data/criteo_tb --split criteo_tb --max-ids 40000000 --workers 16
+  compactrec convert criteo-count raw/day_{0..22}.gz --out data/counts --workers 16
+  compactrec convert criteo raw/day_{0..23}.gz --out data/criteo_tb_freq --split criteo_tb --freq-map data/counts --max-ids 40000000
+"""
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("convert", help="raw data -> Parquet shards + _manifest.json",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="convert_command", required=True)
     c = sub.add_parser("criteo", help="Criteo click logs (day_N[.gz], train.txt) -> shards")
     _common(c)

@@ -4,6 +4,7 @@ metrics.json contents, and clear errors for bad configs and bad data."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,22 +43,59 @@ def test_train_local_writes_every_metric(tiny_data: Path, tmp_path: Path):
     args = ["train", str(Path(__file__).parents[2] / "configs" / "methods" / "full.yaml"), f"data.path={tiny_data}",
             f"runs_dir={tmp_path}", "name=local1", "trainer.launcher=local", "cluster.num_workers=1", *TINY_RUN]
     assert main(args) == 0
-    m = json.loads((tmp_path / "local1" / "metrics.json").read_text())
+    m = json.loads((tmp_path / "local1" / "latest" / "metrics.json").read_text())
     assert METRIC_KEYS <= set(m), METRIC_KEYS - set(m)
     assert m["world_size"] == 1 and m["steps"] == 4096 // 128
     assert 0.5 < m["auc"] < m["bayes_auc"] and m["compression_ratio"] == 1.0  # learns, below the ceiling
-    assert (tmp_path / "local1" / "config.yaml").exists()
+    assert (tmp_path / "local1" / "latest" / "config.yaml").exists()
+    assert m["ratio_requested"] == 1 and m["train_loss_steps"] == 32 % 50  # the last window: every step since the last log
+    assert 0.3 < m["train_loss"] < 0.7
 
 
 @pytest.mark.distributed
-def test_train_on_two_ray_workers(tiny_data: Path, tmp_path: Path):
+def test_train_on_two_ray_workers_keeps_one_copy_of_each_checkpoint(tiny_data: Path, tmp_path: Path):
     r = _cli("train", "configs/methods/full.yaml", f"data.path={tiny_data}", f"runs_dir={tmp_path}", "name=ray2",
-             *TINY_RUN, cwd=Path(__file__).parents[2])
+             "trainer.checkpoint_every=4", "trainer.keep_checkpoints=2", "cluster.address=local", *TINY_RUN,
+             cwd=Path(__file__).parents[2])
     assert r.returncode == 0, r.stderr[-3000:]
-    m = json.loads((tmp_path / "ray2" / "metrics.json").read_text())
+    run = (tmp_path / "ray2" / "latest").resolve()
+    m = json.loads((run / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["steps"] == 4096 // (128 * 2)
     assert METRIC_KEYS <= set(m)
     assert "Bayes AUC" in r.stdout and "ray2" in r.stdout  # the summary table
+    # Each checkpoint is on disk once, in the run's own folder: DCP's .metadata marks one.
+    copies = sorted(p.parent.relative_to(run) for p in tmp_path.rglob(".metadata"))
+    assert copies == [Path("checkpoints/step_000000012"), Path("checkpoints/step_000000016")], copies
+    assert (run / "ray").is_dir() and not list((run / "ray").rglob("checkpoint_*"))  # Ray's state only
+    assert not (tmp_path / "_ray").exists()
+    # Quiet console (a pipe here: no colour codes), everything in the run's log file
+    console = r.stdout + r.stderr
+    assert "Traceback" not in console and "core_worker.cc" not in console and "\x1b[" not in console, console[-3000:]
+    log = (run / "log.txt").read_text()
+    assert "world_rank=1" in log and re.search(r"\|\s+ray2\s+\|", log) and "\x1b[" not in log
+
+
+def test_two_launches_of_one_name_keep_both_runs(tiny_data: Path, tmp_path: Path):
+    args = ["train", str(Path(__file__).parents[2] / "configs" / "methods" / "full.yaml"), f"data.path={tiny_data}",
+            f"runs_dir={tmp_path}", "name=same", "trainer.launcher=local", "cluster.num_workers=1", "trainer.max_steps=4",
+            "trainer.progress_bar=false", "data.batch_size=128", "data.eval_batch_size=512"]
+    assert main(args) == 0
+    first = (tmp_path / "same" / "latest").resolve()
+    before = (first / "metrics.json").read_text()
+    assert main([*args, "trainer.seed=1"]) == 0
+    second = (tmp_path / "same" / "latest").resolve()
+    launches = sorted(p for p in (tmp_path / "same").iterdir() if p.name != "latest")
+    assert launches == sorted([first, second]) and first != second
+    assert (first / "metrics.json").read_text() == before  # the first run is untouched
+    for run in (first, second):  # each has its own config, checkpoints and TensorBoard events
+        assert (run / "config.yaml").exists() and list((run / "checkpoints").iterdir())
+        assert len(list((run / "tb").iterdir())) == 1
+    assert json.loads((second / "metrics.json").read_text())["config"]["trainer"]["seed"] == 1
+    # resuming continues the newest launch in its own folder instead of making a third
+    assert main([*args, "trainer.resume_from=latest", "trainer.epochs=2"]) == 0
+    assert (tmp_path / "same" / "latest").resolve() == second
+    assert len([p for p in (tmp_path / "same").iterdir() if p.name != "latest"]) == 2
+    assert json.loads((second / "metrics.json").read_text())["resumed_from"].startswith(str(second))
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path: Path):

@@ -25,7 +25,7 @@ def _train(*args: str) -> subprocess.CompletedProcess:
 
 
 def _metrics(runs: Path, name: str) -> dict:
-    return json.loads((runs / name / "metrics.json").read_text())
+    return json.loads((runs / name / "latest" / "metrics.json").read_text())
 
 
 @pytest.mark.distributed
@@ -62,7 +62,7 @@ def test_resume_on_another_number_of_workers(tiny_data: Path, tmp_path: Path, be
     common = [f"data.path={tiny_data}", f"runs_dir={tmp_path}", "trainer.launcher=local", "trainer.max_steps=8",
               "embedding.cafe.threshold=3", "embedding.cafe.importance=count"]
     _train(*common, "name=saved", f"cluster.num_workers={before}")
-    _train(*common, "name=resumed", f"cluster.num_workers={after}", f"trainer.resume_from={tmp_path / 'saved' / 'checkpoints'}")
+    _train(*common, "name=resumed", f"cluster.num_workers={after}", f"trainer.resume_from={tmp_path / 'saved' / 'latest' / 'checkpoints'}")
     saved, resumed = _metrics(tmp_path, "saved"), _metrics(tmp_path, "resumed")
     assert resumed["world_size"] == after and resumed["steps"] == saved["steps"] == 8
     # Eval right after the load on the new plan: the same model (tables resharded by DCP,
@@ -79,7 +79,7 @@ def test_a_damaged_checkpoint_is_skipped_and_the_run_ends_as_an_uninterrupted_on
     common = [f"data.path={tiny_data}", f"runs_dir={tmp_path}", "trainer.launcher=local", "cluster.num_workers=1",
               "trainer.checkpoint_every=4", "trainer.max_steps=8", "trainer.keep_checkpoints=3"]
     _train(*common, "name=run")
-    root = tmp_path / "run" / "checkpoints"
+    root = (tmp_path / "run" / "latest").resolve() / "checkpoints"
     assert [p.name for p in sorted(root.iterdir())] == ["step_000000004", "step_000000008"]
     data = max((root / "step_000000008").glob("*.distcp"), key=lambda p: p.stat().st_size)
     raw = bytearray(data.read_bytes())

@@ -62,7 +62,7 @@ def test_data_run_and_checkpoints_are_readable_by_others(tmp_path: Path, umask_0
             "trainer.progress_bar=false", "trainer.tensorboard=false", "data.batch_size=128",
             "trainer.checkpoint_every=4"]
     assert main(args) == 0
-    run = tmp_path / "runs" / "modes"
+    run = tmp_path / "runs" / "modes" / "latest"
     assert (run / "metrics.json").exists() and (run / "config.yaml").exists()
     assert list(run.rglob("COMPLETE")), "no checkpoint was written"
     assert _unreadable(data) == [] and _unreadable(run) == []

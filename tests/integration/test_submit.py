@@ -17,7 +17,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import psutil
 import pytest
@@ -64,11 +64,11 @@ def _cluster_python(root: Path) -> Path:
 
 
 @contextmanager
-def ray_head(python: Path, workdir: Path) -> Iterator[Tuple[str, Path]]:
+def ray_head(python: Path, workdir: Path, temp: Optional[Path] = None) -> Iterator[Tuple[str, Path]]:
     """``ray start --head --block`` on loopback with free ports; yields (dashboard URL, Ray's
-    temp dir). Stops every process it started, by id (``ray stop`` would stop every Ray
-    cluster on the machine, other people's included)."""
-    temp = Path(tempfile.mkdtemp(prefix="cr-ray-", dir="/tmp"))  # Ray's socket paths must stay short
+    temp dir, default a new one). Stops every process it started, by id (``ray stop`` would
+    stop every Ray cluster on the machine, other people's included)."""
+    temp = temp or Path(tempfile.mkdtemp(prefix="cr-ray-", dir="/tmp"))  # Ray's socket paths must stay short
     dashboard = _free_port()
     ports = {
         "--port": _free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": _free_port(),
@@ -184,6 +184,20 @@ def test_submit_runs_the_demo_from_the_shipped_code(tmp_path: Path):
         code = Path(re.search(r"^compactrec: code from (\S+)", r.stdout, re.M).group(1))
         assert code.is_relative_to(ray_temp) and "runtime_resources/py_modules_files" in str(code), code
         assert "Bayes AUC" in r.stdout and "submit1" in r.stdout  # the job's summary table, streamed
-    metrics = json.loads((remote / "runs" / "submit1" / "metrics.json").read_text())
+    metrics = json.loads((remote / "runs" / "submit1" / "latest" / "metrics.json").read_text())
     assert metrics["world_size"] == 1 and metrics["steps"] == 4096 // 128
     assert (remote / "datasets" / "demo" / "_manifest.json").exists()  # relative data.path -> --remote-dir
+
+
+def test_an_explicit_address_wins_over_ray_address(monkeypatch):
+    """Ray's Jobs SDK lets RAY_ADDRESS override the address it is given; ours does not."""
+    import ray.dashboard.utils as ray_utils
+
+    from compactrec.cluster.submit import _client
+
+    seen = []
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    monkeypatch.setattr(ray_utils, "ray_address_to_api_server_url", lambda a: seen.append(a) or pytest.fail(f"looked up {a}"))
+    with pytest.raises(ConnectionError, match=r"http://127\.0\.0\.1:9\b"):  # nothing listens there
+        _client("http://127.0.0.1:9")
+    assert seen == [] and "RAY_API_SERVER_ADDRESS" not in os.environ

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import shlex
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
@@ -24,6 +25,7 @@ CLUSTER_YAML = sorted((REPO / "configs" / "cluster").glob("*.yaml"))
 DEMO = REPO / "configs" / "methods" / "full.yaml"
 # The CRD as published by KubeRay (Apache-2.0), ray-operator/config/crd/bases/ at v1.7.0.
 CRD_CANDIDATES = [REPO / "tests" / "data" / "kuberay-rayjob-crd.yaml"]
+DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 INT_RANGE = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 
 
@@ -312,6 +314,8 @@ def test_worker_count_disagreement_is_an_error(overrides, needle):
     ("worker_groups:\n  - name: Big_Group\n", "worker_groups[0].name"),
     ("shutdown_after_job_finishes: false\nttl_seconds_after_finished: 60\n", "ttl_seconds_after_finished"),
     ("worker_groups:\n  - name: w\n    replicas: 4\n    max_replicas: 2\n", "replicas"),
+    ("worker_groups:\n  - name: w\n    shm: lots\n", "worker_groups[0].shm"),
+    ("image_pull_secrets: [Reg_Cred]\n", "image_pull_secrets[0]"),
 ])
 def test_cluster_config_errors_name_key_and_file(tmp_path: Path, text: str, needle: str):
     path = tmp_path / "bad-cluster.yaml"
@@ -396,3 +400,92 @@ def test_submit_without_an_address_is_an_error(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(ConfigError, match="--address"):
         _cli(["submit", str(DEMO)])
+
+
+# ---------------------------------------------------------------- /dev/shm, pull secrets, pod patches, names
+
+
+def _volumes(template: Dict[str, Any]) -> Dict[str, Any]:
+    spec = template["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0].get("volumeMounts", [])}
+    return {v["name"]: (mounts.get(v["name"]), v) for v in spec.get("volumes", [])}
+
+
+def test_gpu_pods_get_an_in_memory_dev_shm(crd_validator):
+    cc, run = _fitting_run(REPO / "configs" / "cluster" / "gpu-8xh100.yaml")
+    manifest = _render(cc, run)
+    assert crd_errors(crd_validator, manifest) == []
+    rc = manifest["spec"]["rayClusterSpec"]
+    (worker,) = rc["workerGroupSpecs"]
+    path, volume = _volumes(worker["template"])["dshm"]
+    assert path == "/dev/shm" and volume["emptyDir"] == {"medium": "Memory"}
+    assert "dshm" not in _volumes(rc["headGroupSpec"]["template"])  # the CPU-only head keeps the default
+    cpu_cc, cpu_run = _fitting_run(REPO / "configs" / "cluster" / "cpu.yaml")
+    cpu = _render(cpu_cc, cpu_run)["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert "dshm" not in _volumes(cpu["template"])
+
+
+def test_pull_secrets_and_pod_patches(tmp_path: Path, crd_validator):
+    path = tmp_path / "private.yaml"
+    path.write_text(
+        "image: registry.internal/compactrec:1\n"
+        "image_pull_secrets: [regcred]\n"
+        "pod_patch:\n"
+        "  metadata: {annotations: {team: recsys}}\n"
+        "  spec: {priorityClassName: training}\n"
+        "head: {shm: 2Gi}\n"
+        "worker_groups:\n"
+        "  - name: w\n"
+        "    pod_patch:\n"
+        "      spec:\n"
+        "        containers: [{name: ray-worker, securityContext: {capabilities: {add: [IPC_LOCK]}}}]\n"
+        "        priorityClassName: null\n"
+    )
+    cc = load_cluster_config(path)
+    run = load_config(DEMO, ["cluster.num_workers=4"])
+    manifest = _render(cc, run)
+    assert crd_errors(crd_validator, manifest) == []
+    spec = manifest["spec"]
+    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]
+    worker = spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]
+    for pod in (head, worker, spec["submitterPodTemplate"]):
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert spec["submitterPodTemplate"]["spec"]["containers"][0]["image"] == "registry.internal/compactrec:1"
+    assert head["metadata"]["annotations"] == {"team": "recsys"} == worker["metadata"]["annotations"]
+    assert head["spec"]["priorityClassName"] == "training" and "priorityClassName" not in worker["spec"]  # null deletes
+    (container,) = worker["spec"]["containers"]  # merged by name: the rendered container, patched
+    assert container["securityContext"]["capabilities"]["add"] == ["IPC_LOCK"] and container["image"] == cc.image
+    assert _volumes(head)["dshm"][1]["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+
+
+def test_merge_patch_follows_rfc_7386_and_merges_named_lists():
+    from compactrec.cluster.pod_patch import merge_patch
+
+    target = {"a": {"b": 1, "c": 2}, "l": [1, 2], "named": [{"name": "x", "v": 1}, {"name": "y", "v": 2}]}
+    patch = {"a": {"b": None, "d": 3}, "l": [3], "named": [{"name": "y", "v": 20}, {"name": "z", "v": 3}]}
+    assert merge_patch(target, patch) == {
+        "a": {"c": 2, "d": 3}, "l": [3],
+        "named": [{"name": "x", "v": 1}, {"name": "y", "v": 20}, {"name": "z", "v": 3}],
+    }
+    assert target["a"] == {"b": 1, "c": 2}  # inputs untouched
+
+
+def test_default_job_names_are_unique_and_the_manifest_holds_no_local_path(tmp_path: Path, capsys):
+    config = tmp_path / "private-folder" / "my-run.yaml"
+    config.parent.mkdir()
+    config.write_text(DEMO.read_text())
+    names, texts = [], []
+    for _ in range(2):
+        assert _cli(["submit", str(config), "--k8s", "--cluster-config", str(REPO / "configs/cluster/cpu.yaml")]) == 0
+        text = capsys.readouterr().out
+        names.append(yaml.safe_load(text)["metadata"]["name"])
+        texts.append(text)
+    assert names[0] != names[1] and all(re.fullmatch(r"compactrec-full-[0-9a-f]{5}", n) for n in names), names
+    for text in texts:
+        assert str(tmp_path) not in text and str(REPO) not in text and "private-folder" not in text
+        assert yaml.safe_load(text)["spec"]["metadata"]["compactrec_config"] == "my-run.yaml"
+
+
+def test_job_name_unique_stays_a_kuberay_name():
+    name = job_name("compactrec-" + "x" * 80, unique=True)
+    assert len(name) == 47 and DNS1035.match(name)

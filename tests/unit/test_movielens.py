@@ -147,6 +147,6 @@ def test_trains_on_movielens_without_dense_features(real_ml100k: Path, tmp_path:
             "name=ml", "trainer.max_steps=40", "trainer.epochs=1", "trainer.progress_bar=false",
             "trainer.tensorboard=false", "cluster.num_workers=1"]
     assert main(args) == 0
-    metrics = json.loads((tmp_path / "ml" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "ml" / "latest" / "metrics.json").read_text())
     assert metrics["steps"] == 40 and metrics["eval_rows"] == 10_000
     assert 0.55 < metrics["auc"] < 1.0  # 40 steps already beat chance on real users
