@@ -92,7 +92,8 @@ def test_two_launches_of_one_name_keep_both_runs(tiny_data: Path, tmp_path: Path
         assert len(list((run / "tb").iterdir())) == 1
     assert json.loads((second / "metrics.json").read_text())["config"]["trainer"]["seed"] == 1
     # resuming continues the newest launch in its own folder instead of making a third
-    assert main([*args, "trainer.resume_from=latest", "trainer.epochs=2"]) == 0
+    assert main([*args, "trainer.seed=1", "trainer.resume_from=latest", "trainer.epochs=2",
+                 "trainer.resume_changes=[trainer.epochs]"]) == 0
     assert (tmp_path / "same" / "latest").resolve() == second
     assert len([p for p in (tmp_path / "same").iterdir() if p.name != "latest"]) == 2
     assert json.loads((second / "metrics.json").read_text())["resumed_from"].startswith(str(second))

@@ -49,7 +49,8 @@ def test_planted_pickles_never_run(tiny_data: Path, tmp_path: Path, capsys):
     _plant(elsewhere / "step_000000005", marker, 5, sealed=True)
     common = [*TINY, f"data.path={tiny_data}", f"runs_dir={runs}"]
 
-    assert main(["train", CONFIG, *common, "name=run"]) == 0  # fresh run: two saves, each prunes
+    # the run's own checkpoints folder (fixed, so the planted files are in it for every launch)
+    assert main(["train", CONFIG, *common, "name=run", f"trainer.checkpoint_dir={own}"]) == 0  # two saves, each prunes
     assert not marker.exists()
     assert (own / "step_000000004").is_dir() and not (own / "step_000000002").exists()  # keep=1 applied to its own
 
@@ -60,7 +61,7 @@ def test_planted_pickles_never_run(tiny_data: Path, tmp_path: Path, capsys):
     assert "rng_rank0.pt: not an RNG state (torch.load(weights_only=True) refused it: " in err
     assert not marker.exists()
 
-    assert main(["train", CONFIG, *common, "name=run", "trainer.resume_from=latest"]) == 0
+    assert main(["train", CONFIG, *common, "name=run", f"trainer.checkpoint_dir={own}", "trainer.resume_from=latest"]) == 0
     out = capsys.readouterr().out
     assert f"skipping checkpoint {own / 'step_000000099'}: " in out and "refused to load 'builtins.exec'" in out
     assert f"skipping checkpoint {own / 'step_000000098'}: {own / 'step_000000098' / 'manifest.json'}: missing" in out

@@ -28,7 +28,7 @@ def saved(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _resume(saved: Path, data: Path, name: str, *overrides: str) -> int:
     return main(["train", CONFIG, *TINY, f"data.path={data}", f"runs_dir={saved}", f"name={name}",
-                 f"trainer.resume_from={saved / 'saved' / 'checkpoints'}", *overrides])
+                 f"trainer.resume_from={saved / 'saved' / 'latest' / 'checkpoints'}", *overrides])
 
 
 @pytest.mark.parametrize("overrides,named", [
@@ -53,12 +53,12 @@ def test_other_data_with_the_same_layout_is_refused_and_moved_data_resumes(saved
     moved = tmp_path / "moved"
     shutil.copytree(tiny_data, moved)
     assert _resume(saved, moved, "moved") == 0
-    assert json.loads((saved / "moved" / "metrics.json").read_text())["resumed_from"]
+    assert json.loads((saved / "moved" / "latest" / "metrics.json").read_text())["resumed_from"]
 
 
 def test_an_allowed_change_resumes(saved: Path, tiny_data: Path, capsys):
     assert _resume(saved, tiny_data, "more", "trainer.epochs=2", "trainer.resume_changes=[trainer.epochs]") == 0
-    m = json.loads((saved / "more" / "metrics.json").read_text())
+    m = json.loads((saved / "more" / "latest" / "metrics.json").read_text())
     assert m["steps"] == 8 and m["resumed_from"]  # 4 saved + 4 of the second epoch
     assert "with changed settings (trainer.resume_changes): ['trainer.epochs']" in capsys.readouterr().out
 
