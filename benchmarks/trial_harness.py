@@ -90,7 +90,7 @@ class Ctx:
             r = cli("train", HASH_CONFIG, *TINY, f"data.path={self.data}", f"runs_dir={runs}", "name=base",
                     "trainer.checkpoint_every=2", "trainer.keep_checkpoints=3")
             assert r.rc == 0, r.text[-3000:]
-            self._base = (runs / "base" / "checkpoints", metrics(runs, "base"))
+            self._base = (launch(runs, "base") / "checkpoints", metrics(runs, "base"))
         return self._base
 
 
@@ -119,8 +119,13 @@ def train(ctx: Ctx, runs: Path, name: str, *extra: str, data: Optional[Path] = N
     return cli("train", HASH_CONFIG, *TINY, f"data.path={data or ctx.data}", f"runs_dir={runs}", f"name={name}", *extra)
 
 
+def launch(runs: Path, name: str) -> Path:
+    """The newest launch folder of run ``name`` (``runs/<name>/latest``, resolved)."""
+    return (runs / name / "latest").resolve()
+
+
 def metrics(runs: Path, name: str) -> Dict[str, Any]:
-    return json.loads((runs / name / "metrics.json").read_text())
+    return json.loads((launch(runs, name) / "metrics.json").read_text())
 
 
 def expect_error(run: Run, pattern: str) -> Tuple[str, str]:

@@ -11,7 +11,7 @@ from typing import Tuple
 
 import torch
 
-from trial_harness import Ctx, Outcome, case, expect_error, expect_ok, metrics, train
+from trial_harness import Ctx, Outcome, case, expect_error, expect_ok, launch, metrics, train
 
 
 class Planted:
@@ -167,10 +167,10 @@ def ckpt_planted_in_resume_folder(ctx: Ctx) -> Outcome:
 def ckpt_planted_in_own_folder_fresh_run(ctx: Ctx) -> Outcome:
     marker = ctx.marker("own_folder")
     runs = ctx.path("runs_own")
-    own = runs / "own" / "checkpoints"
+    own = runs / "own" / "checkpoints"  # the run's own folder: fixed, so the planted files are in it
     _plant(own / "step_000000099", marker, 99, sealed=True)
     _plant(own / "step_000000098", marker, 98, sealed=False)
-    r = train(ctx, runs, "own", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=1")
+    r = train(ctx, runs, "own", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=1", f"trainer.checkpoint_dir={own}")
     return expect_ok(r, lambda: ((own / "step_000000004" / "manifest.json").exists(), "own step 4 kept, planted ones left unread"))
 
 
@@ -178,8 +178,8 @@ def ckpt_planted_in_own_folder_fresh_run(ctx: Ctx) -> Outcome:
 def ckpt_planted_then_resume_latest(ctx: Ctx) -> Outcome:
     marker = ctx.marker("latest")
     runs = ctx.path("runs_latest")
-    own = runs / "latest" / "checkpoints"
     r = train(ctx, runs, "latest", "trainer.checkpoint_every=2")
+    own = launch(runs, "latest") / "checkpoints"  # resume_from=latest continues this launch
     _plant(own / "step_000000099", marker, 99, sealed=True)
     r = train(ctx, runs, "latest", "trainer.checkpoint_every=2", "trainer.resume_from=latest")
     return expect_ok(r, lambda: (f"resumed from {own / 'step_000000004'}" in r.out, "planted step 99 skipped, own step 4 used"))
@@ -198,7 +198,7 @@ def ckpt_old_format_refused(ctx: Ctx) -> Outcome:
 def ckpt_keep_one_keeps_the_final(ctx: Ctx) -> Outcome:
     runs = ctx.path("runs_keep1")
     r = train(ctx, runs, "keep1", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=1")
-    own = runs / "keep1" / "checkpoints"
+    own = launch(runs, "keep1") / "checkpoints"
 
     def ok():
         names = sorted(p.name for p in own.iterdir()) if own.exists() else []
