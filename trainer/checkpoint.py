@@ -79,6 +79,8 @@ class TrainState:
     samples: int = 0
     run_id: str = ""  # the launch that wrote it (trainer.run_id)
     fingerprint: Dict[str, Any] = field(default_factory=dict)  # trainer/fingerprint.py
+    evals: List[Dict[str, Any]] = field(default_factory=list)  # every evaluation so far (trainer/best.py)
+    best: Optional[Dict[str, Any]] = None  # the best of them (its weights in RUN_DIR/best/)
 
 
 def _rank() -> int:

@@ -166,6 +166,10 @@ class OptimConfig:
     sparse: str = "rowwise_adagrad"  # rowwise_adagrad | adagrad | sgd
     sparse_lr: float = 0.05
     eps: float = 1e-8
+    warmup_steps: int = 0  # linear warmup from lr / warmup_steps to lr (trainer/schedule.py)
+    decay: str = "none"  # none | linear | cosine, after the warmup, dense and sparse lr alike
+    decay_steps: int = 0  # step at which the decay ends; 0: the run's last step
+    min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio
 
 
 @dataclass
@@ -225,6 +229,10 @@ class TrainerConfig:
     resume_changes: List[str] = field(default_factory=list)  # keys/sections allowed to differ from the saved run (trainer/fingerprint.py)
     max_failures: int = 0  # worker failures to survive (Ray FailureConfig / local retries)
     fault_at_step: int = -1  # test knob: the last rank dies once at this step
+    eval_every_epoch: bool = True  # evaluate after every epoch (metrics.json `evals`, TensorBoard eval/*)
+    eval_every_steps: int = 0  # also evaluate every N steps; 0: off
+    keep_best: bool = True  # keep the best evaluation's weights in RUN_DIR/best/ and name it in metrics.json
+    best_metric: str = "auc"  # auc (higher is better) | logloss | ne (lower is better)
     run_id: str = ""  # set by the launcher per launch: a restarted worker group finds its own checkpoints
 
 
@@ -281,6 +289,8 @@ _CHOICES: Dict[str, Sequence[str]] = {
     "embedding.cafe.importance": ("grad_norm", "count"),
     "optim.dense": ("adagrad", "adam", "sgd"),
     "optim.sparse": ("rowwise_adagrad", "adagrad", "sgd"),
+    "optim.decay": ("none", "linear", "cosine"),
+    "trainer.best_metric": ("auc", "logloss", "ne"),
     "dense.engine": ("ddp", "deepspeed"),
     "dense.deepspeed.zero_stage": (0, 1, 2, 3),
     "trainer.launcher": ("ray", "local"),

@@ -91,6 +91,11 @@ class DenseEngine:
     def load_files(self, folder: str | Path) -> None:
         """Read what ``save_files`` wrote."""
 
+    def optimizers(self) -> List[Any]:
+        """Every optimizer whose ``param_groups`` hold an lr (dense and the tables' fused one),
+        for the lr schedule (``trainer/schedule.py``)."""
+        raise NotImplementedError
+
     def memory_report(self) -> Dict[str, int]:
         """This rank's bytes: ``optimizer_state`` (the dense optimizer's state tensors) and
         ``master_weights`` (copies of the weights that the optimizer updates, ZeRO's fp32
@@ -129,6 +134,9 @@ class DDPEngine(DenseEngine):
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optim"])
+
+    def optimizers(self) -> List[Any]:
+        return [o for _, o in self.optimizer.optimizers]
 
     def memory_report(self) -> Dict[str, int]:
         fused = getattr(self.model, "fused_optimizer", None)
@@ -221,6 +229,9 @@ class DeepSpeedEngine(DenseEngine):
         self.ds.step()
         if self.sparse is not None:
             self.sparse.step()
+
+    def optimizers(self) -> List[Any]:
+        return [self.ds.optimizer] + ([self.sparse] if self.sparse is not None else [])
 
     def state_dict(self) -> Dict[str, Any]:
         model = {k: v for k, v in self.model.state_dict().items() if k not in self._dense_keys}

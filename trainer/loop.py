@@ -22,7 +22,7 @@ from compactrec.embeddings.base import tables_on
 from compactrec.embeddings.factory import build_embeddings
 from compactrec.sharding.env import DistEnv, all_gather_object, all_reduce_sum
 from compactrec.sharding.shard import shard_model
-from compactrec.trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from compactrec.trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint, step_dir
 from compactrec.trainer.config import RunConfig, config_to_dict, save_config
 from compactrec.trainer.fingerprint import run_fingerprint
 from compactrec.data.reader.id_counts import count_ids
@@ -37,6 +37,8 @@ from compactrec.trainer.ranking import dlrm_scorer, ranking_metrics
 from compactrec.trainer.run_folder import run_dir
 from compactrec.trainer.scalars import scalar_writer
 from compactrec.trainer.optim import apply_sparse_optimizer
+from compactrec.trainer.best import BEST_DIR, CTR_KEYS, eval_entry, is_better
+from compactrec.trainer.schedule import LrScheduler, is_constant
 
 ProgressFactory = Callable[..., Any]  # tqdm-like: (total=, desc=, disable=) -> bar
 EXACT_EVAL_ROWS = 4_000_000  # above: binned AUC from merged histograms instead of gathering rows
@@ -247,10 +249,10 @@ def requested_ratio(cfg: RunConfig, sizes: Dict[str, Any]) -> float:
     return float("nan")  # sizes set per method (embedding.hash.rows, ...): nothing was asked
 
 
-def log_eval(writer: Any, metrics: Dict[str, Any], step: int, k: int) -> None:
+def log_eval(writer: Any, metrics: Dict[str, Any], step: int, k: int, keys: Optional[tuple] = None) -> None:
     """Eval metrics as TensorBoard scalars at ``step`` (one point per evaluation: with an
-    eval per epoch they draw curves)."""
-    for key in ("auc", "logloss", "ne", f"ndcg@{k}", f"hr@{k}"):
+    eval per epoch they draw curves); ``keys`` limits which."""
+    for key in keys or (*CTR_KEYS, f"ndcg@{k}", f"hr@{k}"):
         if key in metrics:
             writer.add_scalar(f"eval/{key}", metrics[key], step)
 
@@ -313,6 +315,35 @@ def train(
 
     writer = scalar_writer(cfg, env.is_main, out)  # TensorBoard and / or MLflow, rank 0
     every = cfg.trainer.checkpoint_every
+    t = cfg.trainer
+    total_steps = sum(train_reader.num_steps(e, None) for e in range(t.epochs))
+    schedule = None if is_constant(cfg.optim) else LrScheduler(cfg.optim, engine.optimizers(), total_steps)
+    last_eval: Dict[str, Any] = {}
+
+    def run_eval(epoch: int, end_of_epoch: bool) -> Dict[str, Any]:
+        """Evaluate now (collective), record it, keep the best weights (trainer/best.py)."""
+        repeat = bool(state.evals) and state.evals[-1]["step"] == state.step
+        if repeat and last_eval:
+            return last_eval  # already evaluated at this step (eval_every_steps hit the epoch's end)
+        metrics = evaluate(model, eval_reader, env, engine.forward)
+        last_eval.clear()
+        last_eval.update(metrics)
+        if repeat:  # a resumed run that had finished: the same weights, evaluated again
+            return metrics
+        entry = eval_entry(metrics, epoch, state.step, end_of_epoch)
+        state.evals.append(entry)
+        if writer is not None:
+            log_eval(writer, metrics, state.step, cfg.ranking.k, CTR_KEYS)
+        if is_better(entry, state.best, t.best_metric):
+            state.best = dict(entry)
+            if t.keep_best:  # a complete checkpoint of these weights (the state as of now)
+                state.epoch, state.cursor = (epoch, None) if end_of_epoch else (epoch - 1, train_reader.cursor())
+                state.best["checkpoint"] = str(step_dir(out / BEST_DIR, state.step))
+                save_checkpoint(out / BEST_DIR, engine, state, keep=1)
+        if env.is_main:
+            shown = ", ".join(f"{k} {entry[k]:.4f}" for k in CTR_KEYS if k in entry)
+            print(f"compactrec: eval at step {state.step} (epoch {epoch}): {shown}", flush=True)
+        return metrics
     run_steps, train_seconds = 0, 0.0
     window = LossWindow(env.device)
     samples_per_step = cfg.data.batch_size * env.world_size
@@ -332,8 +363,12 @@ def train(
                 bar = progress(total=steps, desc=f"{cfg.name} epoch {epoch}")
             t0 = time.perf_counter()
             for batch in train_reader.epoch(epoch, cursor):
-                loss, _ = engine.forward(batch.to(env.device))
+                if schedule is not None:
+                    lr = schedule.set_step(state.step)
+                # zero_grad before the forward: it hands the tables' fused optimizer its lr, which
+                # FBGEMM's lookup takes in the forward for the update inside backward
                 engine.zero_grad()
+                loss, _ = engine.forward(batch.to(env.device))
                 engine.backward(loss)
                 engine.step()
                 state.step += 1
@@ -344,6 +379,12 @@ def train(
                     train_loss = window.close()  # collective: every rank logs at the same steps
                     if writer is not None:
                         writer.add_scalar("train/loss", train_loss, state.step)
+                        if schedule is not None:
+                            writer.add_scalar("train/lr", lr, state.step)
+                if t.eval_every_steps and state.step % t.eval_every_steps == 0:
+                    train_seconds += time.perf_counter() - t0
+                    run_eval(epoch + 1, False)
+                    t0 = time.perf_counter()
                 if bar is not None:
                     bar.update(1)
                 if every > 0 and state.step % every == 0:
@@ -355,6 +396,9 @@ def train(
             if bar is not None:
                 bar.close()
             state.epoch, state.cursor = epoch + 1, None
+            if t.eval_every_epoch:
+                run_eval(epoch + 1, True)
+                state.epoch, state.cursor = epoch + 1, None  # a best checkpoint set them for itself
     except Exception as e:  # where it broke, for the launcher's message (entry.py, cluster/fault_message.py)
         e.compactrec_where = (  # type: ignore[attr-defined]
             f"rank {env.rank} on node {socket.gethostname()} (pid {os.getpid()}) after step {state.step} "
@@ -368,8 +412,9 @@ def train(
         if writer is not None:
             writer.add_scalar("train/loss", train_loss, state.step)
 
-    metrics: Dict[str, Any] = evaluate(model, eval_reader, env, engine.forward)
-    metrics.update(evaluate_ranking(cfg, model, manifest, env, engine.forward))
+    metrics: Dict[str, Any] = dict(run_eval(state.epoch, True))  # the final weights' (reused when just taken)
+    ranking = evaluate_ranking(cfg, model, manifest, env, engine.forward)
+    metrics.update(ranking)
     metrics.update(sizes)
     metrics.update(
         {
@@ -392,10 +437,13 @@ def train(
             **cafe_hot_ids(model),
             "resumed_from": str(resume) if resume is not None else None,
             **_data_stats(train_reader, eval_reader),
+            "evals": state.evals,  # every evaluation: epoch, step, auc, logloss, ne
+            "best": state.best,  # the best of them by trainer.best_metric (+ its checkpoint)
+            "best_epoch": state.best["epoch"] if state.best else None,
         }
     )
     if writer is not None:
-        log_eval(writer, metrics, state.step, cfg.ranking.k)
+        log_eval(writer, ranking, state.step, cfg.ranking.k)
         writer.add_scalar("train/samples_per_s", metrics["samples_per_s"], state.step)
         writer.close()
     if env.is_main:
