@@ -50,7 +50,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="criteo_tb: days 0-22 train, day 23 halves val/test; kaggle: last 1/7 test; none: all train")
     c.add_argument("--max-ids", type=int, default=None, help="ids per feature, e.g. 40000000 (MLPerf DLRMv2)")
     c.add_argument("--id-map", choices=("raw", "hash", "freq"), default=None,
-                   help="raw: value + 1 (default without --max-ids); hash (default with it); freq: needs --freq-map")
+                   help="freq (default): ids by frequency, counted first unless --freq-map is given, at most "
+                        "--max-ids (default 10,000,000) per feature; hash (default with --max-ids): MLPerf's "
+                        "hashing modulo --max-ids; raw: value + 1 (tables of ~2^32 rows: only when asked)")
     c.add_argument("--freq-map", metavar="COUNTS_DIR", default=None, help="output of `convert criteo-count`")
     c.add_argument("--row-group-rows", type=int, default=1 << 18)
     c.add_argument("--compression", choices=("snappy", "zstd", "lz4", "gzip", "none"), default="snappy")
@@ -73,7 +75,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _id_map_spec(args: argparse.Namespace):
-    from compactrec.data.convert.id_map import IdMapSpec
+    from compactrec.data.convert.id_map import DEFAULT_FREQ_CAP, IdMapSpec
 
     kind = args.id_map
     if args.freq_map is not None:
@@ -81,8 +83,9 @@ def _id_map_spec(args: argparse.Namespace):
             raise ValueError(f"--freq-map goes with --id-map freq, not {kind}")
         kind = "freq"
     elif kind is None:
-        kind = "hash" if args.max_ids is not None else "raw"
-    return IdMapSpec(kind, args.max_ids, args.freq_map)
+        kind = "hash" if args.max_ids is not None else "freq"  # --max-ids alone: MLPerf's hashing
+    max_ids = args.max_ids if args.max_ids is not None or kind != "freq" else DEFAULT_FREQ_CAP
+    return IdMapSpec(kind, max_ids, args.freq_map)
 
 
 def _errors():
@@ -108,11 +111,21 @@ def _cmd_criteo(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         return _interrupted("convert criteo", args.out)
+    print(id_map_line(m))
     for split, info in m.splits.items():
         print(f"{split}: {info.rows:,} rows in {len(info.files)} shards, CTR {m.stats['ctr'].get(split, 0):.4f}")
     _print_malformed(m.stats["malformed"])
     print(f"wrote {os.path.join(args.out, '_manifest.json')}")
     return 0
+
+
+def id_map_line(m: Any) -> str:
+    """What the id map did, in one line: its kind, cap and the rows of every table."""
+    d = m.stats["id_map"]
+    how = {"freq": f"frequency map (counts in {d.get('counts_dir')}), at most {d.get('max_ids') or 'all'} ids per feature",
+           "hash": f"hashed modulo --max-ids {d.get('max_ids')}", "raw": "raw values + 1 (asked for: --id-map raw)"}[d["kind"]]
+    rows = ", ".join(f"{f.name} {f.cardinality:,}" for f in m.schema.sparse)
+    return f"id map: {how}; rows per table: {rows}"
 
 
 def _interrupted(command: str, out: str) -> int:

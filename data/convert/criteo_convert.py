@@ -24,7 +24,7 @@ Example::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -154,6 +154,7 @@ def convert_criteo(inputs: Sequence[str], out_dir: str | Path, opts: ConvertOpti
         raise ConvertError(f"--on-error is {opts.on_error!r}; expected fail or skip")
     if (out / "_counts.json").exists():
         raise ConvertError(f"{out} holds frequency counts; convert into another folder")
+    opts = _counted(sources, out, opts)
     IdMap(opts.id_map)  # fails now, in the driver, if a frequency map is missing
     _check_options(out, opts)
     jobs, plan = _jobs(sources, out, opts)
@@ -167,6 +168,21 @@ def convert_criteo(inputs: Sequence[str], out_dir: str | Path, opts: ConvertOpti
     manifest = _manifest(sources, out, markers, opts)
     write_manifest(out, manifest)
     return manifest
+
+
+def _counted(sources: List[Source], out: Path, opts: ConvertOptions) -> ConvertOptions:
+    """A frequency map without counts: count the inputs first into ``OUT/.convert/counts``
+    (the training inputs only where whole files are held out: criteo_tb's day 23)."""
+    spec = opts.id_map
+    if spec.kind != "freq" or spec.counts_dir is not None:
+        return opts
+    from compactrec.data.convert.freq_count import count_criteo
+
+    counts = out / MARKERS / "counts"
+    train = [s.path for s in sources if not (opts.split == "criteo_tb" and s.stem == "day_23")] or [s.path for s in sources]
+    count_criteo(train, str(counts), workers=opts.workers, piece_bytes=opts.piece_bytes, block_bytes=opts.block_bytes,
+                 on_error=opts.on_error, progress=opts.progress)
+    return replace(opts, id_map=replace(spec, counts_dir=str(counts)))
 
 
 def _malformed(sources: List[Source], markers: List[Dict[str, Any]], opts: ConvertOptions) -> Dict[str, Any]:

@@ -1,10 +1,15 @@
 """Raw categorical values -> the ids written to the shards. Id 0 is an empty field, always.
 
+The default (no ``--id-map``, ``--max-ids`` or ``--freq-map``) is ``freq`` with the counts made
+by the conversion itself (``OUT/.convert/counts``, a counting pass over the inputs first) and a
+cap of ``DEFAULT_FREQ_CAP`` ids: every table is sized to its feature's distinct values (or
+the cap). ``raw`` only when asked for: its tables are as large as the values (~2^32 rows).
+
 - ``raw``: id = value + 1 (8 hex digits: ids up to 2^32, cardinality up to 2^32 + 1).
 - ``hash`` (``--max-ids N``): id = 1 + ``hash_mod(value, N - 1)`` (``compactrec.hashing``,
   seed 0), so ids lie in [0, N).
-- ``freq`` (``--freq-map COUNTS_DIR`` from ``compactrec convert criteo-count``, optional
-  ``--max-ids N``): the K most frequent values of the counted data get ids 1..K in order of
+- ``freq`` (``--freq-map COUNTS_DIR`` from ``compactrec convert criteo-count``, or counted by
+  the conversion when no ``COUNTS_DIR`` is given; optional ``--max-ids N``): the K most frequent values of the counted data get ids 1..K in order of
   frequency (id 1 = most frequent; ties by value), K = distinct values, or N - 2 under a cap;
   every other value, rarer or never counted, gets the overflow id K + 1. Ids lie in [0, N).
   The frequency order lets mixed-dimension embeddings cut tables by id without a rank map.
@@ -26,10 +31,13 @@ from compactrec.hashing import splitmix64_np  # numpy only: conversion workers d
 from compactrec.data.convert.criteo import SPARSE_NAMES
 
 KINDS = ("raw", "hash", "freq")
+DEFAULT_FREQ_CAP = 10_000_000  # ids per feature of the default map (rarer values share one id)
+
+
 @dataclass(frozen=True)
 class IdMapSpec:
-    kind: str = "raw"
-    max_ids: Optional[int] = None
+    kind: str = "freq"  # with counts_dir None: counted by the conversion (criteo_convert.py)
+    max_ids: Optional[int] = DEFAULT_FREQ_CAP
     counts_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
@@ -39,8 +47,6 @@ class IdMapSpec:
             raise ValueError("--max-ids needs --id-map hash or a --freq-map")
         if self.kind == "hash" and (self.max_ids is None or self.max_ids < 2):
             raise ValueError(f"--id-map hash needs --max-ids >= 2 (got {self.max_ids})")
-        if self.kind == "freq" and self.counts_dir is None:
-            raise ValueError("--id-map freq needs --freq-map COUNTS_DIR")
         if self.kind == "freq" and self.max_ids is not None and self.max_ids < 3:
             raise ValueError(f"--max-ids must be >= 3 with a frequency map (got {self.max_ids})")
 

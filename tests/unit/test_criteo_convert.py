@@ -24,7 +24,8 @@ from compactrec.data.reader.manifest import read_manifest
 from compactrec.data.convert.pieces import MalformedLineError
 from compactrec.data.reader.parquet import ParquetReader
 
-SMALL = dict(piece_bytes=3000, block_bytes=700, row_group_rows=16, progress=False)  # many pieces and blocks
+BASE = dict(piece_bytes=3000, block_bytes=700, row_group_rows=16, progress=False)  # many pieces and blocks
+SMALL = dict(BASE, id_map=IdMapSpec("raw", max_ids=None))  # raw ids: the rows can be checked against the text
 BAD = {  # line index -> (malformed text, reason pattern)
     7: ("1\t2\t3", "3 field(s), expected 40"),
     19: ("", "empty line"),
@@ -191,7 +192,7 @@ def test_hashed_ids_match_compactrec_hashing(tmp_path: Path):
     from compactrec.hashing import hash_mod
 
     lines = write_tsv(tmp_path / "day_0", 80, seed=5)
-    m = convert_criteo([str(tmp_path / "day_0")], tmp_path / "out", ConvertOptions(id_map=IdMapSpec("hash", max_ids=50), **SMALL))
+    m = convert_criteo([str(tmp_path / "day_0")], tmp_path / "out", ConvertOptions(id_map=IdMapSpec("hash", max_ids=50), **BASE))
     want = expected_rows(lines)
     got = read_rows(tmp_path / "out")
     raw = torch.tensor([r[14:] for r in want]) - 1  # raw values, -1 = empty
@@ -208,7 +209,7 @@ def test_frequency_map_ranks_ids_by_count_and_caps_them(tmp_path: Path):
     for max_ids in (None, 4):
         out = tmp_path / f"out{max_ids}"
         m = convert_criteo([str(tmp_path / "day_0")], out, ConvertOptions(
-            id_map=IdMapSpec("freq", max_ids=max_ids, counts_dir=str(tmp_path / "counts")), **SMALL))
+            id_map=IdMapSpec("freq", max_ids=max_ids, counts_dir=str(tmp_path / "counts")), **BASE))
         got = read_rows(out)
         for f in range(26):
             raw = [r[14 + f] - 1 for r in want if r[14 + f]]
@@ -234,7 +235,7 @@ def test_convert_command_on_two_workers(tmp_path: Path, capsys):
     write_tsv(tmp_path / "day_23", 40, seed=8)
     base = ["convert", "criteo", str(tmp_path / "day_0"), str(tmp_path / "day_23"), "--out", str(tmp_path / "out"),
             "--split", "criteo_tb", "--workers", "2", "--shard-mb", "0.003", "--block-mb", "0.001",
-            "--row-group-rows", "16", "--no-progress"]
+            "--row-group-rows", "16", "--no-progress", "--id-map", "raw"]  # raw: rows checked against the text
     assert _cli(base) == 2
     assert f"day_0:6: 3 field(s), expected 40" in capsys.readouterr().err
     assert _cli(base + ["--on-error", "skip"]) == 0
@@ -249,6 +250,27 @@ def test_convert_command_on_two_workers(tmp_path: Path, capsys):
     os.remove(tmp_path / "c" / "_counts.json")
     assert _cli(["convert", "criteo", str(tmp_path / "day_0"), "--out", str(tmp_path / "o3"), "--freq-map", str(tmp_path / "c")]) == 2
     assert "criteo-count" in capsys.readouterr().err
+
+
+def test_default_options_size_tables_to_the_distinct_ids(tmp_path: Path, capsys):
+    """8-hex ids (values up to 2^32) converted with no id-map option: a frequency map counted
+    by the conversion, every table sized to its distinct values, and a line saying so."""
+    lines = write_tsv(tmp_path / "day_0", 200, seed=3)
+    args = ["convert", "criteo", str(tmp_path / "day_0"), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"]
+    assert _cli(args) == 0
+    said = capsys.readouterr().out
+    m = read_manifest(tmp_path / "out")
+    raw = [[ln.split("\t")[14 + f] for ln in lines] for f in range(26)]
+    distinct = [len({int(v, 16) for v in col if v}) for col in raw]
+    assert max(int(v, 16) for col in raw for v in col if v) > 1 << 24  # real Criteo-like hex values
+    assert m.schema.cardinalities == [d + 1 for d in distinct]  # ids 1..distinct, 0 = empty
+    assert m.stats["id_map"]["kind"] == "freq" and m.stats["id_map"]["max_ids"] == 10_000_000
+    assert "id map: frequency map" in said and f"cat_25 {distinct[25] + 1:,}" in said  # rows: ids + the empty id
+    # a cap: the most frequent values keep their own ids, the rest share one
+    assert _cli([*args[:4], str(tmp_path / "capped"), "--max-ids", "6", "--id-map", "freq", "--no-progress"]) == 0
+    capped = read_manifest(tmp_path / "capped").schema.cardinalities
+    assert capped == [min(d + 1, 6) for d in distinct]
+    assert "at most 6 ids per feature" in capsys.readouterr().out
 
 
 def test_parse_keeps_line_numbers_with_stray_bytes_and_carriage_returns():
