@@ -11,7 +11,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from compactrec.embeddings.budget import budget_bytes
+from compactrec.embeddings.accounting import full_embedding_bytes
+from compactrec.embeddings.budget import BudgetError, budget_bytes
 from compactrec.embeddings.full import build_full
 from compactrec.embeddings.mixed_dim import CountsFn
 from compactrec.trainer.config import CompressionConfig, EmbeddingConfig
@@ -22,6 +23,39 @@ def _budget(compression: CompressionConfig, schema: FeatureSchema, dim: int) -> 
     if compression.ratio is None and compression.bytes is None:
         return None
     return budget_bytes(compression, schema, dim)
+
+
+class TableSizeError(ValueError):
+    """A table would be too large to train (the message names the feature and the fix)."""
+
+
+def check_table_rows(module: nn.Module, max_rows: int) -> None:
+    """Every stock TorchRec table under ``module`` has at most ``max_rows`` rows
+    (``embedding.max_table_rows``); checked on the meta-built module, before any memory is
+    taken. A larger table means ids that are not a dense id space (raw Criteo hex values:
+    ~2^32 rows).
+
+    Raises:
+        TableSizeError: naming the feature(s), the table, its rows and bytes.
+    """
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+    for m in module.modules():
+        if isinstance(m, EmbeddingBagCollection):
+            configs = m.embedding_bag_configs()
+        elif isinstance(m, EmbeddingCollection):
+            configs = m.embedding_configs()
+        else:
+            continue
+        for c in configs:
+            if c.num_embeddings > max_rows:
+                gb = c.num_embeddings * c.embedding_dim * 4 / 1e9
+                raise TableSizeError(
+                    f"feature {', '.join(c.feature_names)}: table {c.name} would have {c.num_embeddings:,} rows "
+                    f"({gb:,.1f} GB at dim {c.embedding_dim}), above embedding.max_table_rows={max_rows:,}: the "
+                    "data's ids are not a dense id space (raw Criteo values?). Convert with the default frequency "
+                    "map or --max-ids N (docs/data.md), use a compressing method, or raise embedding.max_table_rows"
+                )
 
 
 def build_embeddings(
@@ -35,12 +69,89 @@ def build_embeddings(
     """Build the configured method over ``schema``'s sparse features, all of width ``dim``.
 
     ``counts`` lazily returns id frequencies of a training sample (needed by mixed_dim rows).
-    Raises ``BudgetError`` when the method cannot meet the requested compression.
+    Raises ``BudgetError`` when the method cannot meet the requested compression, and
+    ``TableSizeError`` when a table would have more than ``cfg.max_table_rows`` rows.
     """
+    counts = _cached(counts)
+    budget = None if cfg.kind == "full" else _budget(compression, schema, dim)  # full ignores `compression`
+    try:
+        module = _build(cfg, budget, schema, dim, device, counts, cfg.small_field_rows)
+    except BudgetError as first:
+        if budget is None:
+            raise
+        module = _without_small_fields(cfg, compression, budget, schema, dim, device, counts, first)
+    check_table_rows(module, cfg.max_table_rows)
+    return module
+
+
+def _cached(counts: Optional[CountsFn]) -> Optional[CountsFn]:
+    """Id counts read once however often the planners ask (the budget search builds again)."""
+    if counts is None:
+        return None
+    memo: list = []
+    return lambda: memo[0] if memo else (memo.append(counts()) or memo[0])  # type: ignore[func-returns-value]
+
+
+def _without_small_fields(cfg: EmbeddingConfig, compression: CompressionConfig, budget: int, schema: FeatureSchema, dim: int,
+                          device: Optional[torch.device], counts: Optional[CountsFn], first: BudgetError) -> nn.Module:
+    """``embedding.small_field_rows`` is a budget decision: when the budget cannot be met with
+    the small features kept whole, they are compressed like the others. When even that fails,
+    the error says the method's reachable maximum in the same words for every method."""
+    if cfg.small_field_rows > 0:
+        try:
+            module = _build(cfg, budget, schema, dim, device, counts, 0)
+            small = [f.name for f in schema.sparse if 1 < f.cardinality <= cfg.small_field_rows]
+            print(f"compactrec: {cfg.kind}: the budget needs the small features compressed too "
+                  f"(embedding.small_field_rows={cfg.small_field_rows} would keep {len(small)} whole)", flush=True)
+            return module
+        except BudgetError:
+            pass
+    full = full_embedding_bytes(schema, dim)
+    best = reachable_ratio(cfg, schema, dim, counts)
+    asked = f"{compression.ratio:g}x" if compression.ratio is not None else f"{full / budget:.1f}x"
+    raise BudgetError(
+        f"{cfg.kind} cannot reach {asked} ({budget:,} bytes for {full:,} of full tables): {first}. "
+        f"{cfg.kind} reaches at most {best:.1f}x here"
+    ) from None
+
+
+def reachable_ratio(cfg: EmbeddingConfig, schema: FeatureSchema, dim: int, counts: Optional[CountsFn] = None) -> float:
+    """The largest compression ratio the method's planner meets on ``schema`` (small features
+    compressed too), by bisection over log(ratio) of meta-device builds; 1.0 if none."""
+    import math
+
+    full = full_embedding_bytes(schema, dim)
+    meta = torch.device("meta")
+
+    def ok(ratio: float) -> bool:
+        try:
+            _build(cfg, int(full / ratio), schema, dim, meta, counts, 0)
+            return True
+        except BudgetError:
+            return False
+
+    lo, hi = 0.0, math.log(max(2.0, float(full)))  # at most one byte left
+    if not ok(1.0):
+        return 1.0
+    if ok(math.exp(hi)):
+        return math.exp(hi)
+    for _ in range(24):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ok(math.exp(mid)) else (lo, mid)
+    return math.exp(lo)
+
+
+def _build(
+    cfg: EmbeddingConfig,
+    budget: Optional[int],
+    schema: FeatureSchema,
+    dim: int,
+    device: Optional[torch.device],
+    counts: Optional[CountsFn],
+    small: int,
+) -> nn.Module:
     if cfg.kind == "full":  # the baseline ignores `compression`, so sweeps can include it
         return build_full(schema, dim, device)
-    budget = _budget(compression, schema, dim)
-    small = cfg.small_field_rows
     if cfg.kind == "hash":
         from compactrec.embeddings.hashing_trick import build_hash
 

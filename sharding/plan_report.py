@@ -38,7 +38,9 @@ def plan_schema(cfg: RunConfig) -> Tuple[FeatureSchema, str]:
     """The data's manifest if there is one, else the schema the synthetic generator writes
     for ``cfg.synth`` (e.g. Criteo-TB's real cardinalities with scale 1)."""
     if "://" not in cfg.data.path and manifest_path(cfg.data.path).exists():
-        return read_manifest(cfg.data.path).schema, f"manifest {manifest_path(cfg.data.path)}"
+        from compactrec.trainer.features import trainable_schema
+
+        return trainable_schema(read_manifest(cfg.data.path).schema, print), f"manifest {manifest_path(cfg.data.path)}"
     from compactrec.data.convert import criteo
     from compactrec.data.datasets.synthetic import synthetic_cardinalities
 

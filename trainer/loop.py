@@ -7,6 +7,7 @@ launcher, with the process group already up. Rank 0 writes ``RUN_DIR/metrics.jso
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace as dc_replace
 import os
 import resource
 import socket
@@ -37,6 +38,7 @@ from compactrec.trainer.ranking import dlrm_scorer, ranking_metrics
 from compactrec.trainer.run_folder import run_dir
 from compactrec.trainer.scalars import scalar_writer
 from compactrec.trainer.optim import apply_sparse_optimizer
+from compactrec.trainer.features import trainable_schema
 from compactrec.trainer.best import BEST_DIR, CTR_KEYS, eval_entry, is_better
 from compactrec.trainer.schedule import LrScheduler, is_constant
 
@@ -257,6 +259,10 @@ def log_eval(writer: Any, metrics: Dict[str, Any], step: int, k: int, keys: Opti
             writer.add_scalar(f"eval/{key}", metrics[key], step)
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
 def _inject_fault(cfg: RunConfig, env: DistEnv, step: int) -> None:
     """``trainer.fault_at_step``: the last rank dies once at that step (a marker file in the
     run folder makes the retry pass), so fault tolerance can be tested."""
@@ -283,6 +289,7 @@ def train(
     (and on rank 0 write) metrics."""
     check_dense_engine(cfg.dense)  # a missing package fails before data and model are built
     manifest = read_manifest(cfg.data.path)
+    manifest = dc_replace(manifest, schema=trainable_schema(manifest.schema, _say if env.is_main else None))
     # Tables on meta, the rest on the rank's device: DMP materialises only this rank's shards
     # (no host ever holds the whole model), dense parts and id maps are built where they run.
     with tables_on("meta"):
@@ -440,6 +447,7 @@ def train(
             "evals": state.evals,  # every evaluation: epoch, step, auc, logloss, ne
             "best": state.best,  # the best of them by trainer.best_metric (+ its checkpoint)
             "best_epoch": state.best["epoch"] if state.best else None,
+            "best_auc": state.best.get("auc") if state.best else None,
         }
     )
     if writer is not None:

@@ -12,6 +12,8 @@ COLUMNS: List[Tuple[str, str, str]] = [  # (header, metrics key, format)
     ("ratio built", "compression_ratio", "{:.1f}x"),
     ("workers", "world_size", "{}"),
     ("AUC", "auc", "{:.4f}"),
+    ("best AUC", "best_auc", "{:.4f}"),
+    ("best epoch", "best_epoch", "{}"),
     ("Bayes AUC", "bayes_auc", "{:.4f}"),
     ("logloss", "logloss", "{:.4f}"),
     ("NE", "ne", "{:.4f}"),
