@@ -25,7 +25,11 @@ def test_criteo_tb_plan_for_64_ranks(method: str, capsys):
     out = capsys.readouterr().out
     ratio = float(re.search(r"= ([\d.]+)x", out).group(1))
     assert ratio == pytest.approx(1.0 if method == "full" else 16.0, rel=0.05)
-    assert "cat_0" in out and "40,000,000" in out or method in ("hash", "qr", "memcom", "cafe")
+    # Every method plans a table for cat_0 (the largest feature); the two that keep a row per
+    # id (full, mixed_dim's hottest-to-coldest blocks) show its 40M rows.
+    assert re.search(r"^\| \w*cat_0\w* \|", out, re.M), out
+    if method in ("full", "mixed_dim"):
+        assert re.search(r"^\| \w*cat_0\w* \| 40,000,000 x", out, re.M), out
     per_rank = [float(x) for x in re.search(r"per rank: min ([\d.]+) GB, max ([\d.]+) GB", out).groups()]
     assert 0 < per_rank[0] <= per_rank[1] < 80
     ranks = {int(r) for line in out.splitlines() if line.startswith("| ") for r in re.findall(r"\b(\d+)\b", line.split("|")[4])}
