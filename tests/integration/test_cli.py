@@ -65,7 +65,10 @@ def test_train_on_two_ray_workers_keeps_one_copy_of_each_checkpoint(tiny_data: P
     assert "Bayes AUC" in r.stdout and "ray2" in r.stdout  # the summary table
     # Each checkpoint is on disk once, in the run's own folder: DCP's .metadata marks one.
     copies = sorted(p.parent.relative_to(run) for p in tmp_path.rglob(".metadata"))
-    assert copies == [Path("checkpoints/step_000000012"), Path("checkpoints/step_000000016")], copies
+    # Beside the two kept checkpoints, one best-eval checkpoint (trainer.keep_best) in best/.
+    best = [c for c in copies if c.parts[0] == "best"]
+    assert len(best) == 1 and best[0].name.startswith("step_"), copies
+    assert [c for c in copies if c not in best] == [Path("checkpoints/step_000000012"), Path("checkpoints/step_000000016")], copies
     assert (run / "ray").is_dir() and not list((run / "ray").rglob("checkpoint_*"))  # Ray's state only
     assert not (tmp_path / "_ray").exists()
     # Quiet console (a pipe here: no colour codes), everything in the run's log file
