@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from compactrec.cli import main
-from compactrec.sharding.plan_report import build_meta_model, plan_schema
+from compactrec.sharding.plan_report import _table_shapes, build_meta_model, plan_schema
 from compactrec.sharding.planner import method_state
 from compactrec.trainer.config import load_config
 
@@ -25,7 +25,13 @@ def test_criteo_tb_plan_for_64_ranks(method: str, capsys):
     out = capsys.readouterr().out
     ratio = float(re.search(r"= ([\d.]+)x", out).group(1))
     assert ratio == pytest.approx(1.0 if method == "full" else 16.0, rel=0.05)
-    assert "cat_0" in out and "40,000,000" in out or method in ("hash", "qr", "memcom", "cafe")
+    cfg = load_config(CONFIGS / f"criteo_tb_{method}.yaml")
+    shapes = _table_shapes(build_meta_model(cfg, plan_schema(cfg)[0]))
+    assert any("cat_0" in name for name in shapes), f"{method}: no table of cat_0 in {sorted(shapes)}"
+    for name, (rows, dim) in shapes.items():  # every table of the built model, with its real shape
+        assert f"| {name} | {rows:,} x {dim} |" in out, f"{method}: table {name} ({rows:,} x {dim}) not in the plan"
+    if method in ("full", "mixed_dim"):  # uncompressed rows: cat_0's 40M ids appear as table rows
+        assert any(rows == 40_000_000 and "cat_0" in name for name, (rows, _) in shapes.items())
     per_rank = [float(x) for x in re.search(r"per rank: min ([\d.]+) GB, max ([\d.]+) GB", out).groups()]
     assert 0 < per_rank[0] <= per_rank[1] < 80
     ranks = {int(r) for line in out.splitlines() if line.startswith("| ") for r in re.findall(r"\b(\d+)\b", line.split("|")[4])}
