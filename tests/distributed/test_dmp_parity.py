@@ -131,9 +131,9 @@ def _one(rank: int, world: int, data: str, method: str, sharding: str):
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("method", list(TYPES))
-def test_sharded_matches_unsharded_and_every_parameter_moves(tiny_data: Path, tmp_path: Path, method):
+def test_sharded_matches_unsharded_and_every_parameter_moves(all_multihot_data: Path, tmp_path: Path, method):
     out = tmp_path / "result.pt"
-    spawn(_ranks, 2, str(tiny_data), method, str(out))
+    spawn(_ranks, 2, str(all_multihot_data), method, str(out))
     results = torch.load(out, weights_only=False)
     assert list(results) == TYPES[method]
     for sharding, result in results.items():
