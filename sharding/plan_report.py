@@ -110,7 +110,8 @@ def format_plan(rows: List[TableRow], replicated: int, world: int, title: str) -
         "",
         f"- sharded state (tables + optimizer state + per-row method state): {_gb(sharded)} GB in all",
         f"- replicated on every rank (dense part with optimizer state and gradients, projections, id maps): {_gb(replicated)} GB",
-        f"- per rank: min {_gb(min(totals))} GB, max {_gb(max(totals))} GB, mean {_gb(sum(totals) / world)} GB",
+        f"- per rank: min {_gb(min(totals))} GB, max {_gb(max(totals))} GB, mean {_gb(sum(totals) / world)} GB"
+        f" (max/mean {max(totals) / (sum(totals) / world):.2f})",
     ]
     return "\n".join(lines)
 

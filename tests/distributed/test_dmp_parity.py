@@ -65,6 +65,11 @@ def _ranks(rank: int, world: int, data: str, runs: list, out: str) -> None:
         torch.save(results, out)
 
 
+def _per_table(method: str, sharding: str) -> dict:
+    """CAFE's hot table goes row-wise unless named: ask for table-wise to test that layout too."""
+    return {"cafe_hot": ["table_wise"]} if method == "cafe" and sharding == "table_wise" else {}
+
+
 def _one(rank: int, world: int, data: str, case: str, sharding: str):
     from compactrec.embeddings.base import tables_on
     from compactrec.sharding.shard import shard_model
@@ -86,7 +91,7 @@ def _one(rank: int, world: int, data: str, case: str, sharding: str):
     ref_opt = build_optimizer(ref, cfg.optim)
     with tables_on("meta"):  # as the training loop builds it: DMP materialises the shards
         sharded = build_train_model(cfg, manifest, env.device)
-    dmp = shard_model(sharded, [sharding], {}, env)
+    dmp = shard_model(sharded, [sharding], _per_table(method, sharding), env)
     load_full_state_dict(dmp, ref.state_dict())
     opt = build_optimizer(dmp, cfg.optim)
     before = local_shards(dmp)
@@ -152,7 +157,7 @@ def _reshard_from_one_process(ref, batch, cfg, manifest, env, sharding: str, ran
 
     with tables_on("meta"):
         model = build_train_model(cfg, manifest, env.device)
-    dmp = shard_model(model, [sharding], {}, env)
+    dmp = shard_model(model, [sharding], _per_table("cafe", sharding), env)
     load_full_state_dict(dmp, ref.state_dict())  # tables (hot rows at the one process's slots), dense part
     emb = ref.model.sparse_arch.embedding_bag_collection
     sketch = {k: v for k, v in emb.state_dict().items()  # free lists: rebuilt from the owners on load

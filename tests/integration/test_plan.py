@@ -32,8 +32,13 @@ def test_criteo_tb_plan_for_64_ranks(method: str, capsys):
         assert f"| {name} | {rows:,} x {dim} |" in out, f"{method}: table {name} ({rows:,} x {dim}) not in the plan"
     if method in ("full", "mixed_dim"):  # uncompressed rows: cat_0's 40M ids appear as table rows
         assert any(rows == 40_000_000 and "cat_0" in name for name, (rows, _) in shapes.items())
-    per_rank = [float(x) for x in re.search(r"per rank: min ([\d.]+) GB, max ([\d.]+) GB", out).groups()]
-    assert 0 < per_rank[0] <= per_rank[1] < 80
+    per_rank = [float(x) for x in re.search(r"per rank: min ([\d.]+) GB, max ([\d.]+) GB, mean ([\d.]+) GB", out).groups()]
+    assert 0 < per_rank[0] <= per_rank[2] <= per_rank[1] < 80
+    balance = float(re.search(r"max/mean ([\d.]+)", out).group(1))
+    assert balance == pytest.approx(per_rank[1] / per_rank[2], rel=0.03)  # the GB figures are rounded
+    if method == "cafe":  # hot rows and sketch spread over every rank, not on one
+        assert balance <= 1.3, out
+        assert re.search(r"\| cafe_hot \| [\d,]+ x \d+ \| row_wise \| 0-63 \|", out), out
     ranks = {int(r) for line in out.splitlines() if line.startswith("| ") for r in re.findall(r"\b(\d+)\b", line.split("|")[4])}
     assert max(ranks) <= 63
 
