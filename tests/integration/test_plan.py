@@ -61,4 +61,55 @@ def test_cafe_sketch_counts_per_hot_row_and_mde_projections_replicated():
 def test_small_cpu_plan_from_a_manifest(tiny_data: Path, capsys):
     assert main(["plan", str(CONFIGS / "methods" / "cafe.yaml"), f"data.path={tiny_data}", "--world-size", "2"]) == 0
     out = capsys.readouterr().out
-    assert "schema from manifest" in out and "cafe_hot" in out and "(cpu)" in out
+    assert "schema from manifest" in out and "cafe_hot" in out and "(cpu, batch " in out
+
+
+_RANK_ROW = r"^\| (\d+) \| ([\d.]+) \| (\d+) \| ([a-z_,-]+) \| ([\d.]+) \| ([\d.]+) \|$"
+
+
+def test_plan_takes_the_job_shape_from_the_cluster_config(capsys):
+    """8 pods x 8 GPUs from configs/cluster/gpu-8xh100.yaml; batch 1024 from the run config;
+    a row per rank with its bytes and TorchRec's cost estimates; the headroom."""
+    cfg = load_config(CONFIGS / "criteo_tb_cafe.yaml")
+    argv = ["plan", str(CONFIGS / "criteo_tb_cafe.yaml"), "--cluster-config", str(CONFIGS / "cluster" / "gpu-8xh100.yaml"),
+            "--hbm-gb", "80"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "64 ranks = 8 hosts x 8" in out and f"batch {cfg.data.batch_size} per rank" in out
+    rows = re.findall(_RANK_ROW, out, re.M)
+    assert [int(r[0]) for r in rows] == list(range(64))
+    assert all(float(r[4]) > 0 and float(r[5]) > 0 for r in rows)  # every rank looks up and exchanges
+    worst = max(float(r[1]) for r in rows)
+    assert worst == float(re.search(r"per rank: min [\d.]+ GB, max ([\d.]+) GB", out).group(1))
+    left = float(re.search(r"headroom: .* uses [\d.]+ of ([\d.]+) GB usable .*: ([\d.]+) GB left", out).group(2))
+    assert left == pytest.approx(80 * 0.85 - worst, abs=0.02)
+    # the planner itself gets the batch and the hosts: its all_to_all estimate moves with them
+    comms = sum(float(r[5]) for r in rows)
+    cafe = str(CONFIGS / "criteo_tb_cafe.yaml")
+    for argv in (["plan", cafe, "data.batch_size=4096", "--world-size", "64", "--gpus-per-host", "8", "--hbm-gb", "80"],
+                 ["plan", cafe, "--world-size", "64", "--gpus-per-host", "64", "--hbm-gb", "80"]):  # one host of 64
+        assert main(argv) == 0
+        other = re.findall(_RANK_ROW, capsys.readouterr().out, re.M)
+        assert sum(float(r[5]) for r in other) != pytest.approx(comms, rel=0.05), argv
+
+
+def test_a_plan_that_does_not_fit_says_what_would(capsys):
+    """Full tables (98 GB) on 2 hosts x 8 with 4 GB each: one paragraph on stderr, no
+    traceback, with a world size that does fit (and one host fewer does not)."""
+    cfgs = str(CONFIGS / "criteo_tb_full.yaml")
+    assert main(["plan", cfgs, "--hosts", "2", "--gpus-per-host", "8", "--hbm-gb", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "ShardingOption" not in err and len(err.strip().splitlines()) == 1
+    assert "do not fit 16 ranks (2 hosts x 8" in err and "insufficient storage" in err
+    fits = int(re.search(r"smallest world size that fits is (\d+) \((\d+) hosts x 8\)", err).group(1))
+    assert main(["plan", cfgs, "--world-size", str(fits), "--gpus-per-host", "8", "--hbm-gb", "4"]) == 0
+    assert main(["plan", cfgs, "--world-size", str(fits - 8), "--gpus-per-host", "8", "--hbm-gb", "4"]) == 2
+
+
+def test_world_size_must_be_whole_hosts():
+    from compactrec.sharding.planner import make_topology
+
+    with pytest.raises(ValueError, match="not a whole number of hosts"):
+        make_topology(12, "cuda", 8)
+    with pytest.raises(SystemExit, match="not 3 hosts x 8"):
+        main(["plan", str(CONFIGS / "criteo_tb_cafe.yaml"), "--world-size", "16", "--hosts", "3", "--gpus-per-host", "8"])
