@@ -20,6 +20,7 @@ from torchrec.distributed.types import ShardingPlan
 
 from compactrec.trainer.config import RunConfig
 from compactrec.data.reader.manifest import FeatureSchema, SparseFeature, manifest_path, read_manifest
+from compactrec.sharding.planner import DENSE_RESERVE
 
 GB = 1024**3
 # Sparse optimizer state in bytes per (row, column) of a shard: (per row, per element)
@@ -112,21 +113,129 @@ def format_plan(rows: List[TableRow], replicated: int, world: int, title: str) -
         "",
         f"- sharded state (tables + optimizer state + per-row method state): {_gb(sharded)} GB in all",
         f"- replicated on every rank (dense part with optimizer state and gradients, projections, id maps): {_gb(replicated)} GB",
-        f"- per rank: min {_gb(min(totals))} GB, max {_gb(max(totals))} GB, mean {_gb(sum(totals) / world)} GB",
+        f"- per rank: min {_gb(min(totals))} GB, max {_gb(max(totals))} GB, mean {_gb(sum(totals) / world)} GB"
+        f" (max/mean {max(totals) / (sum(totals) / world):.2f})",
     ]
     return "\n".join(lines)
 
 
-def make_plan(cfg: RunConfig, world: int, hbm_gb: Optional[float], local_world: Optional[int]) -> str:
+@dataclass
+class RankRow:
+    """One rank's share of the plan: sharded bytes, its table shards, TorchRec's estimates."""
+
+    rank: int
+    bytes: int  # sharded state on this rank (from the plan's shard sizes) + replicated state
+    tables: int
+    types: List[str]
+    lookup_ms: float  # estimated forward + backward lookup compute per step
+    comms_ms: float  # estimated forward + backward all_to_all (input ids, pooled output) per step
+
+
+def rank_rows(rows: List[TableRow], replicated: int, world: int, options: list) -> List[RankRow]:
+    """Per rank: bytes and table shards from ``rows``; TorchRec's perf estimates (``Perf``,
+    in ms) from the planner's chosen ``options``."""
+    out = []
+    for r in range(world):
+        mine = [t for t in rows if r in t.per_rank]
+        out.append(RankRow(r, replicated + sum(t.per_rank[r] for t in mine), len(mine),
+                           sorted({t.sharding_type for t in mine}), 0.0, 0.0))
+    for so in options:
+        for shard in so.shards:
+            if shard.rank is None or shard.perf is None:
+                continue
+            p = shard.perf
+            out[shard.rank].lookup_ms += p.fwd_compute + p.bwd_compute
+            out[shard.rank].comms_ms += p.fwd_comms + p.bwd_comms
+    return out
+
+
+def format_ranks(ranks: List[RankRow], cap_bytes: Optional[int]) -> str:
+    """The per-rank table and the headroom line (what the fullest rank has left)."""
+    lines = ["", "| rank | GB | tables | sharding types | est. lookup ms | est. all_to_all ms |", "|---|---|---|---|---|---|"]
+    for r in ranks:
+        lines.append(f"| {r.rank} | {_gb(r.bytes)} | {r.tables} | {','.join(r.types) or '-'} | "
+                     f"{r.lookup_ms:.3f} | {r.comms_ms:.3f} |")
+    worst = max(ranks, key=lambda r: r.bytes)
+    if cap_bytes:
+        usable = cap_bytes * (1 - DENSE_RESERVE)
+        lines += ["", f"- headroom: the fullest rank ({worst.rank}) uses {_gb(worst.bytes)} of {_gb(usable)} GB "
+                      f"usable ({_gb(cap_bytes)} GB less {DENSE_RESERVE:.0%} reserved): {_gb(usable - worst.bytes)} GB left "
+                      f"({1 - worst.bytes / usable:.0%})"]
+    slowest = max(ranks, key=lambda r: r.lookup_ms + r.comms_ms)
+    lines.append(f"- slowest rank by estimate: {slowest.rank} ({slowest.lookup_ms + slowest.comms_ms:.3f} ms per step)")
+    return "\n".join(lines)
+
+
+def _hosts(n: int) -> str:
+    return f"{n} host" + ("s" if n != 1 else "")
+
+
+class PlanDoesNotFit(ValueError):
+    """The plan does not fit the devices; the message says what would."""
+
+
+def _plan(cfg: RunConfig, model: nn.Module, world: int, device: str, hbm_gb: Optional[float], local_world: int,
+          options: Optional[list] = None) -> ShardingPlan:
     from compactrec.sharding.planner import default_sharders, plan_model
+
+    return plan_model(
+        model, world, device, cfg.sharding.types, cfg.sharding.per_table, default_sharders(),
+        hbm_bytes=int(hbm_gb * GB) if hbm_gb else None, collective=False, local_world_size=local_world,
+        batch_size=cfg.data.batch_size, options=options,
+    )
+
+
+def _no_fit(cfg: RunConfig, model: nn.Module, world: int, device: str, hbm_gb: Optional[float], local_world: int,
+            err: Exception) -> PlanDoesNotFit:
+    """One paragraph: what did not fit, and the smallest world size (whole hosts) that does."""
+    from torchrec.distributed.planner.types import PlannerError
+
+    def fits_on(hosts: int) -> bool:
+        try:
+            _plan(cfg, model, hosts * local_world, device, hbm_gb, local_world)
+            return True
+        except PlannerError:
+            return False
+
+    # doubling, then bisection over whole hosts: a handful of plans, not one per host count
+    lo, hi, limit = world // local_world, None, 8 * max(1, world // local_world)
+    probe = max(1, lo) * 2
+    while probe <= limit and hi is None:
+        if fits_on(probe):
+            hi = probe
+        else:
+            lo, probe = probe, probe * 2
+    while hi is not None and hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits_on(mid) else (mid, hi)
+    fits = hi * local_world if hi is not None else None
+    first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    cap = f"{hbm_gb:g} GB each" if hbm_gb else "the default device memory"
+    hint = (f"The smallest world size that fits is {fits} ({fits // local_world} hosts x {local_world}); "
+            f"or raise compression.ratio." if fits else
+            f"No world size up to {limit * local_world} fits; raise compression.ratio "
+            f"(now {cfg.compression.ratio:g}) or give the devices more memory.")
+    return PlanDoesNotFit(
+        f"{cfg.name}: the {cfg.embedding.kind} tables do not fit {world} ranks ({_hosts(world // local_world)} x "
+        f"{local_world}, {device}, {cap}, batch {cfg.data.batch_size} per rank); TorchRec's planner says: {first} "
+        + hint
+    )
+
+
+def make_plan(cfg: RunConfig, world: int, hbm_gb: Optional[float], local_world: Optional[int]) -> str:
+    """The printed plan: per table, totals, per rank (bytes, tables, types, estimated costs),
+    headroom. Raises ``PlanDoesNotFit`` (one paragraph) when the tables do not fit."""
+    from torchrec.distributed.planner.types import PlannerError
 
     schema, source = plan_schema(cfg)
     model = build_meta_model(cfg, schema)
     device = "cuda" if hbm_gb is not None or cfg.cluster.use_gpu else "cpu"
-    plan = plan_model(
-        model, world, device, cfg.sharding.types, cfg.sharding.per_table, default_sharders(),
-        hbm_bytes=int(hbm_gb * GB) if hbm_gb else None, collective=False, local_world_size=local_world,
-    )
+    local_world = local_world or world
+    options: list = []
+    try:
+        plan = _plan(cfg, model, world, device, hbm_gb, local_world, options)
+    except PlannerError as err:
+        raise _no_fit(cfg, model, world, device, hbm_gb, local_world, err) from None
     rows, replicated = plan_rows(model, plan, cfg.optim.sparse)
     from compactrec.embeddings.accounting import full_embedding_bytes, module_bytes
     from compactrec.trainer.model import embedding_module
@@ -135,8 +244,10 @@ def make_plan(cfg: RunConfig, world: int, hbm_gb: Optional[float], local_world: 
 
     used, full = module_bytes(emb), full_embedding_bytes(schema, cfg.model.embedding_dim)
     title = (
-        f"{cfg.name}: {cfg.embedding.kind}, {world} ranks ({device}"
+        f"{cfg.name}: {cfg.embedding.kind}, {world} ranks = {_hosts(world // local_world)} x {local_world} ({device}"
         + (f", {hbm_gb:g} GB HBM each" if hbm_gb else "")
-        + f"); embeddings {_gb(used)} GB vs full {_gb(full)} GB = {full / used:.1f}x; schema from {source}"
+        + f", batch {cfg.data.batch_size} per rank); embeddings {_gb(used)} GB vs full {_gb(full)} GB = "
+        + f"{full / used:.1f}x; schema from {source}"
     )
-    return format_plan(rows, replicated, world, title)
+    ranks = rank_rows(rows, replicated, world, options)
+    return format_plan(rows, replicated, world, title) + "\n" + format_ranks(ranks, int(hbm_gb * GB) if hbm_gb else None)

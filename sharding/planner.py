@@ -96,7 +96,8 @@ def table_constraints(
 ) -> Dict[str, ParameterConstraints]:
     """Every table gets the fused kernel and the requested sharding types that its module
     supports (unpooled collections have no table_row_wise); CAFE's hot table is kept whole
-    per row (row_wise or table_wise) so its sketch shard owns whole rows."""
+    per row so its sketch shard owns whole rows: row_wise over every rank, or table_wise
+    when ``per_table`` asks for it."""
     from compactrec.embeddings.cafe import HOT_TABLE
     from compactrec.sharding.cafe import HOT_TABLE_TYPES
 
@@ -114,7 +115,10 @@ def table_constraints(
             )
         if name == HOT_TABLE:
             supported = [t for t in supported if t in HOT_TABLE_TYPES]
-            requested = [t for t in requested if t in supported] or ["row_wise"]
+            # row-wise by default: the hot rows and their sketch shard spread over every rank
+            # (table-wise put 5.6M hot rows + sketch on one of 64 ranks: 3.24 GB vs 0.28 GB
+            # mean, and every query through that rank); table-wise only when asked by name
+            requested = [t for t in per_table.get(name, ["row_wise"]) if t in supported] or ["row_wise"]
         allowed = [t for t in requested if t in supported]
         if not allowed:
             raise ValueError(
@@ -130,19 +134,40 @@ DENSE_RESERVE = 0.15  # share of each rank's memory kept for dense parts, inputs
 def make_topology(
     world_size: int,
     device_type: str,
-    local_world_size: Optional[int] = None,
+    local_world_size: int,
     hbm_bytes: Optional[int] = None,
     ddr_bytes: Optional[int] = None,
 ) -> Topology:
+    """TorchRec's topology: ``local_world_size`` ranks per host (the planner costs
+    intra-host links as faster than inter-host ones, so a 64-rank job on 8 hosts is not one
+    host of 64)."""
+    if local_world_size < 1 or world_size % local_world_size:
+        raise ValueError(f"world size {world_size} is not a whole number of hosts of {local_world_size} ranks")
     return TopologyFactory.create_topology(
         trainer_config=PlannerTrainerConfig(
             world_size=world_size,
-            local_world_size=local_world_size or world_size,
+            local_world_size=local_world_size,
             hbm_cap_bytes=hbm_bytes,
             ddr_cap_bytes=ddr_bytes,
         ),
         kernel_config=KernelConfig(compute_device=device_type),
     )
+
+
+def local_world_size_of_job(world_size: int) -> int:
+    """Ranks per host of the running job: ``LOCAL_WORLD_SIZE`` (set by Ray Train, torchrun),
+    else the ranks that share this rank's host name (all-gathered), else all ``world_size``
+    (one process tree: ``sharding.env.spawn``)."""
+    import os
+    import socket
+
+    if os.environ.get("LOCAL_WORLD_SIZE"):
+        return int(os.environ["LOCAL_WORLD_SIZE"])
+    if dist.is_initialized() and dist.get_world_size() == world_size:
+        hosts: List[str] = [""] * world_size
+        dist.all_gather_object(hosts, socket.gethostname())
+        return hosts.count(socket.gethostname())
+    return world_size
 
 
 def plan_model(
@@ -155,8 +180,18 @@ def plan_model(
     hbm_bytes: Optional[int] = None,
     collective: bool = True,
     local_world_size: Optional[int] = None,
+    batch_size: int = 0,
+    options: Optional[List[ShardingOption]] = None,
 ) -> ShardingPlan:
-    """TorchRec's planner with our constraints and method-aware storage (see module doc)."""
+    """TorchRec's planner with our constraints and method-aware storage (see module doc).
+
+    ``batch_size``: the job's per-rank batch (sizes input/output buffers and the cost
+    estimates; 0: ``BATCH_SIZE``); ``local_world_size``: ranks per host (None: the running
+    job's, ``local_world_size_of_job``); ``options``: when given, filled with the chosen
+    sharding options (each shard's rank, storage and estimated perf) for reports."""
+    if local_world_size is None:
+        local_world_size = local_world_size_of_job(world_size)
+    batch = batch_size or BATCH_SIZE
     topology = make_topology(world_size, device_type, local_world_size, hbm_bytes=hbm_bytes)
     constraints = table_constraints(model, types, per_table)
     per_row, replicated = method_state(model)
@@ -167,18 +202,20 @@ def plan_model(
     planner = EmbeddingShardingPlanner(
         topology=topology,
         constraints=constraints,
-        enumerator=EmbeddingEnumerator(topology, BATCH_SIZE, constraints, estimators),
-        batch_size=BATCH_SIZE,
+        enumerator=EmbeddingEnumerator(topology, batch, constraints, estimators),
+        batch_size=batch,
         storage_reservation=ReplicatedStateReservation(DENSE_RESERVE, replicated),
     )
     if collective and dist.is_initialized():
-        return planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
-    return planner.plan(model, sharders)
+        plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    else:
+        plan = planner.plan(model, sharders)
+    if options is not None:
+        options[:] = list(planner._best_plan or [])  # TorchRec keeps the chosen options here
+    return plan
 
 
-
-
-BATCH_SIZE = 512  # per rank: the planner sizes input/output buffers with it
+BATCH_SIZE = 512  # per rank, when the caller does not say (the job's data.batch_size)
 
 
 def _tables_inside(model: nn.Module) -> List[nn.Module]:

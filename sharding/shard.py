@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence
 
+import torch
 import torch.distributed as dist
 from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
@@ -27,15 +28,21 @@ def shard_model(
     per_table: Dict[str, List[str]],
     env: DistEnv,
     data_parallel: bool = True,
+    batch_size: int = 0,
 ) -> DistributedModelParallel:
     """Plan and wrap ``model``; its embedding parameters must carry their optimizer already.
 
     ``data_parallel=False``: DMP does not wrap the dense part in DDP (it stays a plain module
     on the device it was built on) because another engine synchronizes it
-    (``dense.engine=deepspeed``, ``trainer/dense_engine.py``).
+    (``dense.engine=deepspeed``, ``trainer/dense_engine.py``). ``batch_size``: the per-rank
+    batch the planner costs (the job's ``data.batch_size``; 0: the planner's default). Ranks
+    per host come from the job (``planner.local_world_size_of_job``).
     """
     sharders = default_sharders()
-    plan = plan_model(model, env.world_size, env.device.type, types, per_table, sharders)
+    # the device's memory caps the plan (TorchRec's default would assume its own figure)
+    hbm = torch.cuda.get_device_properties(env.device).total_memory if env.device.type == "cuda" else None
+    plan = plan_model(model, env.world_size, env.device.type, types, per_table, sharders,
+                      hbm_bytes=hbm, batch_size=batch_size)
     dmp = DistributedModelParallel(
         module=model,
         env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),

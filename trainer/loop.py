@@ -300,7 +300,8 @@ def train(
         cfg.model.embedding_dim,
     )
     model = shard_model(
-        unsharded, cfg.sharding.types, cfg.sharding.per_table, env, data_parallel=cfg.dense.engine == "ddp"
+        unsharded, cfg.sharding.types, cfg.sharding.per_table, env, data_parallel=cfg.dense.engine == "ddp",
+        batch_size=cfg.data.batch_size,
     )
     engine = build_dense_engine(cfg.dense, cfg.optim, model, env)  # steps tables and dense part
     train_reader, eval_reader = make_readers(cfg, manifest, env)

@@ -1,14 +1,18 @@
-"""2 gloo ranks: for every embedding method and every sharding type that applies to its
-tables, the DMP-sharded model trains exactly like the unsharded one (loss at each of three
-optimizer steps, then eval outputs), and every parameter changes.
+"""2 gloo ranks (every sharding type) and 3 and 4 ranks (row-wise, one process group per
+world size), on data whose every feature is multi-hot: for every embedding method the
+DMP-sharded model trains exactly like the unsharded one (loss at each of three optimizer
+steps, then eval outputs), and every parameter changes.
 
-The reference runs the global batch (2 x local) on one process; each rank runs its half.
+The reference runs the global batch (world x local) on one process; each rank runs its part.
 TorchRec (like DDP) averages gradients over ranks, so the mean of the ranks' losses is the
 reference's loss. Tolerances: losses rtol 1e-5; outputs atol 1e-5 (float32; FBGEMM's fused
 rowwise Adagrad and TorchRec's torch RowWiseAdagrad sum in different orders).
 CAFE: the sketch is sharded over the ranks (sharding/cafe.py) and must give the same hot
 ids as the single-process sketch while no shard runs out of hot slots (each shard hands out
-only its own): threshold 3 with count importance promotes the frequent ids at step 2-3.
+only its own): threshold 3 promotes the frequent ids at step 2-3, with count importance and
+with the default grad_norm. Then the trained one-process state is loaded into a fresh
+sharded model (a resume on another partition): hot ids must be re-homed (> 0), the hot set
+must stay the one process's, and the outputs its outputs.
 """
 
 from __future__ import annotations
@@ -24,13 +28,17 @@ from tests.helpers import slice_batch
 
 STEPS = 3
 LOCAL_B = 64
-METHOD_OVERRIDES = {
-    "full": [],
-    "hash": ["compression.ratio=8"],
-    "qr": ["compression.ratio=8"],
-    "memcom": ["compression.ratio=8"],
-    "mixed_dim": ["compression.ratio=4"],
-    "cafe": ["compression.ratio=8", "embedding.cafe.threshold=3", "embedding.cafe.importance=count"],
+# case -> (embedding.kind, overrides). CAFE runs twice: with count importance, and with the
+# default grad_norm, whose normalisation by the GLOBAL mean over all ranks' occurrences is
+# what makes the shards agree with one process (a rank-local mean changes the scores).
+CASES = {
+    "full": ("full", []),
+    "hash": ("hash", ["compression.ratio=8"]),
+    "qr": ("qr", ["compression.ratio=8"]),
+    "memcom": ("memcom", ["compression.ratio=8"]),
+    "mixed_dim": ("mixed_dim", ["compression.ratio=4"]),
+    "cafe": ("cafe", ["compression.ratio=5", "embedding.cafe.threshold=3", "embedding.cafe.importance=count"]),
+    "cafe_grad_norm": ("cafe", ["compression.ratio=5", "embedding.cafe.threshold=3", "embedding.cafe.importance=grad_norm"]),
 }
 # The compactrec.kernels ops each method's sharded training step must run (counted at the
 # dispatch point): the composition over TorchRec's looked-up rows, and the id hashing.
@@ -45,19 +53,24 @@ KERNEL_OPS = {
 EBC_TYPES = ["table_wise", "row_wise", "column_wise", "table_row_wise"]
 EC_TYPES = ["table_wise", "row_wise", "column_wise"]  # unpooled collections: no table_row_wise
 TYPES = {"full": EBC_TYPES, "hash": EBC_TYPES, "qr": EC_TYPES, "memcom": EC_TYPES, "mixed_dim": EC_TYPES,
-         "cafe": EBC_TYPES}
+         "cafe": EBC_TYPES, "cafe_grad_norm": ["table_wise"]}  # row-wise: at 3 and 4 ranks
 
 
-def _ranks(rank: int, world: int, data: str, method: str, out: str) -> None:
-    """One process pair per method: every sharding type in turn (start-up is the slow part)."""
+def _ranks(rank: int, world: int, data: str, runs: list, out: str) -> None:
+    """One process group for several (case, sharding) runs (start-up is the slow part)."""
     results = {}
-    for sharding in TYPES[method]:
-        results[sharding] = _one(rank, world, data, method, sharding)
+    for case, sharding in runs:
+        results[(case, sharding)] = _one(rank, world, data, case, sharding)
     if rank == 0:
         torch.save(results, out)
 
 
-def _one(rank: int, world: int, data: str, method: str, sharding: str):
+def _per_table(method: str, sharding: str) -> dict:
+    """CAFE's hot table goes row-wise unless named: ask for table-wise to test that layout too."""
+    return {"cafe_hot": ["table_wise"]} if method == "cafe" and sharding == "table_wise" else {}
+
+
+def _one(rank: int, world: int, data: str, case: str, sharding: str):
     from compactrec.embeddings.base import tables_on
     from compactrec.sharding.shard import shard_model
     from compactrec.sharding.state import load_full_state_dict, local_shards
@@ -68,8 +81,9 @@ def _one(rank: int, world: int, data: str, method: str, sharding: str):
     from compactrec.trainer.optim import build_optimizer
 
     torch.set_num_threads(1)
+    method, overrides = CASES[case]
     cfg = load_config(None, [f"data.path={data}", "optim.sparse_lr=0.1", "optim.dense_lr=0.05",
-                             f"embedding.kind={method}", *METHOD_OVERRIDES[method]])
+                             f"embedding.kind={method}", *overrides])
     manifest = read_manifest(data)
     env = DistEnv(rank, world, rank, torch.device("cpu"))
 
@@ -77,7 +91,7 @@ def _one(rank: int, world: int, data: str, method: str, sharding: str):
     ref_opt = build_optimizer(ref, cfg.optim)
     with tables_on("meta"):  # as the training loop builds it: DMP materialises the shards
         sharded = build_train_model(cfg, manifest, env.device)
-    dmp = shard_model(sharded, [sharding], {}, env)
+    dmp = shard_model(sharded, [sharding], _per_table(method, sharding), env)
     load_full_state_dict(dmp, ref.state_dict())
     opt = build_optimizer(dmp, cfg.optim)
     before = local_shards(dmp)
@@ -115,29 +129,54 @@ def _one(rank: int, world: int, data: str, method: str, sharding: str):
     changed = {k: bool((after[k] != before[k]).any()) for k in before
                if after[k].numel() and after[k].is_floating_point() and ".sketch." not in k}
     gathered = all_gather_object(changed)
-    hot = None
+    cafe = None
     if method == "cafe":
         emb = ref.model.sparse_arch.embedding_bag_collection
         emb.flush()
-        ref_hot = set(emb.sketch.hot_keys()[0].tolist())
         demb = dmp.module.model.sparse_arch.embedding_bag_collection
         demb.flush()
         dist_hot = set().union(*all_gather_object(set(demb.sketch.hot_keys()[0].tolist())))
-        hot = (ref_hot, dist_hot)
+        cafe = {"ref_hot": set(emb.sketch.hot_keys()[0].tolist()), "dist_hot": dist_hot,
+                "slot_ranges": demb.router.slot_ranges, "bucket_ranges": demb.router.bucket_ranges,
+                "hot_rows": demb.plan.hot_rows, "buckets": demb.plan.buckets,
+                "reshard": _reshard_from_one_process(ref, batch, cfg, manifest, env, sharding, rank, world)}
     anywhere = {k: any(g.get(k, False) for g in gathered) for k in set().union(*gathered)}
     return {"ref": ref_losses, "dmp": losses, "changed": anywhere, "ref_logits": ref_logits,
-            "logits": logits, "hot": hot, "kernels": dict(kernel_calls)}
+            "logits": logits, "cafe": cafe, "kernels": dict(kernel_calls)}
 
 
-@pytest.mark.distributed
-@pytest.mark.parametrize("method", list(TYPES))
-def test_sharded_matches_unsharded_and_every_parameter_moves(tiny_data: Path, tmp_path: Path, method):
-    out = tmp_path / "result.pt"
-    spawn(_ranks, 2, str(tiny_data), method, str(out))
-    results = torch.load(out, weights_only=False)
-    assert list(results) == TYPES[method]
-    for sharding, result in results.items():
-        where = f"{method} sharded {sharding}"
+def _reshard_from_one_process(ref, batch, cfg, manifest, env, sharding: str, rank: int, world: int) -> dict:
+    """Load the trained one-process CAFE (tables and sketch) into a fresh sharded model, as a
+    resume on another partition does: the one process handed out slots from 0 up, so most hot
+    ids now sit in slots of another rank than their bucket's owner and must be re-homed."""
+    from compactrec.embeddings.base import tables_on
+    from compactrec.sharding.cafe import after_load
+    from compactrec.sharding.shard import shard_model
+    from compactrec.sharding.state import load_full_state_dict
+    from compactrec.trainer.loop import build_train_model
+
+    with tables_on("meta"):
+        model = build_train_model(cfg, manifest, env.device)
+    dmp = shard_model(model, [sharding], _per_table("cafe", sharding), env)
+    load_full_state_dict(dmp, ref.state_dict())  # tables (hot rows at the one process's slots), dense part
+    emb = ref.model.sparse_arch.embedding_bag_collection
+    sketch = {k: v for k, v in emb.state_dict().items()  # free lists: rebuilt from the owners on load
+              if k.startswith("sketch.") and k not in ("sketch.free", "sketch.free_count")}
+    demb = dmp.module.model.sparse_arch.embedding_bag_collection
+    demb.load_state_dict(sketch, strict=False)  # the load hook keeps this rank's buckets, marks foreign slots
+    rehomed = sum(all_gather_object(after_load(dmp)))
+    dmp.eval()
+    with torch.no_grad():
+        _, (_, logits, _) = dmp(slice_batch(batch, rank * LOCAL_B, (rank + 1) * LOCAL_B))
+    hot = set().union(*all_gather_object(set(demb.sketch.hot_keys()[0].tolist())))
+    return {"rehomed": rehomed, "hot": hot, "logits": torch.cat(all_gather_object(logits))}
+
+
+def _check(results: dict, world: int) -> None:
+    """Every (case, sharding) run: losses, outputs, kernels, moved parameters, CAFE's hot set."""
+    for (case, sharding), result in results.items():
+        method = CASES[case][0]
+        where = f"{case} sharded {sharding} on {world} ranks"
         torch.testing.assert_close(torch.tensor(result["dmp"]), torch.tensor(result["ref"]), rtol=1e-5, atol=1e-6,
                                    msg=lambda m: f"{where}: losses differ: {m}")
         torch.testing.assert_close(result["logits"], result["ref_logits"], rtol=1e-4, atol=1e-5,
@@ -149,5 +188,44 @@ def test_sharded_matches_unsharded_and_every_parameter_moves(tiny_data: Path, tm
         tables = [k for k in result["changed"] if k.endswith(".weight") and "sparse_arch" in k]
         assert tables, f"{where}: no embedding tables found"
         if method == "cafe":
-            ref_hot, dist_hot = result["hot"]
-            assert ref_hot and ref_hot == dist_hot, f"{where}: hot ids differ from the single-process sketch"
+            cafe = result["cafe"]
+            assert cafe["ref_hot"] and cafe["ref_hot"] == cafe["dist_hot"], f"{where}: hot ids differ from one process's"
+            re = cafe["reshard"]
+            if sum(hi > lo for lo, hi in cafe["slot_ranges"]) > 1:  # table-wise: one owner, nothing moves
+                assert re["rehomed"] > 0, f"{where}: loading one process's sketch re-homed no hot id"
+            assert re["hot"] == cafe["ref_hot"], f"{where}: after the reshard the hot ids differ from one process's"
+            torch.testing.assert_close(re["logits"], result["ref_logits"], rtol=1e-4, atol=1e-5,
+                                       msg=lambda m: f"{where}: outputs after the reshard differ: {m}")
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("case", list(TYPES))
+def test_sharded_matches_unsharded_and_every_parameter_moves(all_multihot_data: Path, tmp_path: Path, case):
+    """2 ranks, every sharding type that applies."""
+    out = tmp_path / "result.pt"
+    spawn(_ranks, 2, str(all_multihot_data), [(case, t) for t in TYPES[case]], str(out))
+    results = torch.load(out, weights_only=False)
+    assert [t for _, t in results] == TYPES[case]
+    _check(results, 2)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("world", [3, 4])
+def test_every_method_row_wise_on_3_and_4_ranks(all_multihot_data: Path, tmp_path: Path, world: int):
+    """One process group per world size, every case row-wise: at 3 ranks the row ranges of
+    TorchRec's row-wise split are uneven, and CAFE's buckets follow its hot slots."""
+    out = tmp_path / "result.pt"
+    spawn(_ranks, world, str(all_multihot_data), [(case, "row_wise") for case in CASES], str(out))
+    results = torch.load(out, weights_only=False)
+    assert sorted(c for c, _ in results) == sorted(CASES)
+    _check(results, world)
+    cafe = results[("cafe", "row_wise")]["cafe"]
+    slots, buckets = cafe["slot_ranges"], cafe["bucket_ranges"]
+    for ranges, total in ((slots, cafe["hot_rows"]), (buckets, cafe["buckets"])):
+        assert ranges[0][0] == 0 and ranges[-1][1] == total and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    sizes = [hi - lo for lo, hi in slots]
+    assert all(s > 0 for s in sizes), f"a rank without hot slots: {slots}"
+    if world == 3:
+        assert len(set(sizes)) > 1, f"hot rows {cafe['hot_rows']} split evenly over 3 ranks: the uneven case is not tested"
+    for (lo, hi), (b0, b1) in zip(slots, buckets):  # buckets in proportion to slots, to one bucket
+        assert abs((b1 - b0) - (hi - lo) * cafe["buckets"] / cafe["hot_rows"]) <= 1
