@@ -50,6 +50,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--methods", nargs="+", default=METHODS)
     p.add_argument("--json", default=None)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra config overrides for every method (e.g. sharding.types=[table_wise])")
     p.add_argument("--mlperf-model", action="store_true",
                    help="MLPerf DLRMv2's dense part (DCNv2, dim 128, bottom 512-256-128, top 1024-1024-512-256-1)")
     args = p.parse_args()
@@ -83,7 +85,7 @@ def main() -> int:
         if args.mlperf_model:
             over += ["model.arch=dcn", "model.embedding_dim=128", "model.dense_arch=[512,256,128]",
                      "model.over_arch=[1024,1024,512,256,1]", "model.dcn_num_layers=3", "model.dcn_low_rank_dim=512"]
-        cfg = load_config(None, over)
+        cfg = load_config(None, over + list(args.set))
         model = shard_model(_build(build_train_model, cfg, manifest, env), cfg.sharding.types, {}, env)
         runs[kind] = (model, build_optimizer(model, cfg.optim))
 

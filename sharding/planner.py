@@ -124,6 +124,16 @@ def table_constraints(
     return out
 
 
+def _prefer_table_wise(constraints: Dict[str, ParameterConstraints]) -> None:
+    """One rank: every sharding type stores a table whole on that rank, but row_wise (and
+    table_row_wise) still bucketizes every id by row block before a 1-rank all-to-all, which
+    cost a full-table DLRM about 40% of its step at batch 128 on CPU (benchmarks/speed.py).
+    Where table_wise is allowed, it is the only choice on one rank."""
+    for c in constraints.values():
+        if c.sharding_types and ShardingType.TABLE_WISE.value in c.sharding_types:
+            c.sharding_types = [ShardingType.TABLE_WISE.value]
+
+
 DENSE_RESERVE = 0.15  # share of each rank's memory kept for dense parts, inputs, buffers
 
 
@@ -159,6 +169,8 @@ def plan_model(
     """TorchRec's planner with our constraints and method-aware storage (see module doc)."""
     topology = make_topology(world_size, device_type, local_world_size, hbm_bytes=hbm_bytes)
     constraints = table_constraints(model, types, per_table)
+    if world_size == 1:
+        _prefer_table_wise(constraints)
     per_row, replicated = method_state(model)
     estimators: List[ShardEstimator] = [
         EmbeddingPerfEstimator(topology, constraints),
