@@ -37,6 +37,7 @@ from compactrec.trainer.ranking import dlrm_scorer, ranking_metrics
 from compactrec.trainer.run_folder import run_dir
 from compactrec.trainer.scalars import scalar_writer
 from compactrec.trainer.optim import apply_sparse_optimizer
+from compactrec.trainer.pipeline import train_step
 
 ProgressFactory = Callable[..., Any]  # tqdm-like: (total=, desc=, disable=) -> bar
 EXACT_EVAL_ROWS = 4_000_000  # above: binned AUC from merged histograms instead of gathering rows
@@ -332,10 +333,7 @@ def train(
                 bar = progress(total=steps, desc=f"{cfg.name} epoch {epoch}")
             t0 = time.perf_counter()
             for batch in train_reader.epoch(epoch, cursor):
-                loss, _ = engine.forward(batch.to(env.device))
-                engine.zero_grad()
-                engine.backward(loss)
-                engine.step()
+                loss = train_step(engine, batch, env.device)
                 state.step += 1
                 state.samples += samples_per_step
                 run_steps += 1
