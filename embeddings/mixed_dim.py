@@ -351,11 +351,11 @@ class MixedDimEmbedding(CompressedEmbedding):
                                             length_per_key=lpk)).to_dict()
         pooled.update(self._narrow_all(groups[1:], vals[1:], lens_g[1:], per_key_g[1:], b))
         out = {n: pooled[n] for n in self.small}
+        params = self.projections._parameters  # one module lookup, not one per block (nn.Module.__getattr__ is slow)
         for name in self.big:
             keys = self.block_keys[name]
             # sum_k (B, d_k) @ (d_k, d): pooled per block first, projected once per bag
-            out[name] = project_sum([pooled[k] for k in keys], [self.projections[k] if k in self.projections else None
-                                                                for k in keys])
+            out[name] = project_sum([pooled[k] for k in keys], [params.get(k) for k in keys])
         return out
 
     def _locate_all(self, ids: torch.Tensor, fidx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -365,10 +365,11 @@ class MixedDimEmbedding(CompressedEmbedding):
         tail = self._tail_block[fidx]
         if not self.rows_mode:
             return torch.zeros_like(ids), ids
-        head = torch.cat([getattr(self, f"head_ids_{n}") + self._id_start[j] for j, n in enumerate(self.big)])
+        buffers = self._buffers  # one lookup, not two per feature
+        head = torch.cat([buffers[f"head_ids_{n}"] + self._id_start[j] for j, n in enumerate(self.big)])
         if head.numel() == 0:
             return tail, ids
-        rank_of = torch.cat([getattr(self, f"head_rank_{n}") for n in self.big])
+        rank_of = torch.cat([buffers[f"head_rank_{n}"] for n in self.big])
         gid = ids + self._id_start[fidx]
         pos = torch.searchsorted(head, gid).clamp(max=head.numel() - 1)
         found = head[pos] == gid
