@@ -303,13 +303,15 @@ class CafeEmbedding(CompressedEmbedding):
             per_key = small.length_per_key() + per_key
         kt = self.ebc(KeyedJaggedTensor(keys=self._kjt_keys, values=values, lengths=lengths, length_per_key=per_key))
         nf, levels, b = len(names), self.cfg.levels, big.stride()
-        hot = _columns(kt, [f"{n}__hot" for n in names])  # (B, F_c * dim), key-major columns
-        hashed = [_columns(kt, [f"{n}__h{l}" for n in names]) for l in range(levels)]
-        merged = project_sum([hot] + hashed, [None] * (1 + levels))  # (B, F_c * dim): hot/cold merge in one op
+        small_cols, hot, hashed = _column_groups(kt, [self.small_names, [f"{n}__hot" for n in names],
+                                                      [f"{n}__h{l}" for n in names for l in range(levels)]])
+        # hash columns are feature-major, level-minor: level l of every feature, side by side
+        per_level = [hashed] if levels == 1 else [
+            hashed.reshape(b, nf, levels, self.dim)[:, :, l].reshape(b, nf * self.dim) for l in range(levels)
+        ]
+        merged = project_sum([hot] + per_level, [None] * (1 + levels))  # (B, F_c * dim): hot/cold merge in one op
         out = dict(zip(names, merged.split(self.dim, dim=1)))
-        if small is not None:
-            pooled = kt.to_dict()
-            out.update({n: pooled[n] for n in self.small_names})
+        out.update(zip(self.small_names, small_cols.split(self.dim, dim=1)))
         if recording:
             self._record(gids, big.lengths(), merged, nf, b)
         return out
@@ -420,16 +422,18 @@ class _NormHook:
         self.occ.norms[self.index] = g.view(g.shape[0], self.parts, -1).norm(dim=2).t().reshape(-1)
 
 
-def _columns(kt: KeyedTensor, keys: List[str]) -> torch.Tensor:
-    """The columns of ``keys`` in a pooled KeyedTensor, side by side: (B, sum of widths).
-    A view when they sit next to each other in that order (TorchRec keeps the input's key
-    order on one rank), else a cat (sharded outputs can come back in another order)."""
-    index = {k: i for i, k in enumerate(kt.keys())}
-    at = [index[k] for k in keys]
-    offsets = kt.offset_per_key()
-    if at == list(range(at[0], at[0] + len(at))):
-        return kt.values()[:, offsets[at[0]] : offsets[at[-1] + 1]]
-    return torch.cat([kt.values()[:, offsets[i] : offsets[i + 1]] for i in at], dim=1)
+def _column_groups(kt: KeyedTensor, groups: List[List[str]]) -> List[torch.Tensor]:
+    """The columns of each group of keys of a pooled KeyedTensor, the group's keys side by
+    side: one (B, sum of its widths) tensor per group. Views from ONE split when the groups
+    tile the KeyedTensor in this order (TorchRec keeps the input's key order on one rank):
+    then the backward is one cat, where a slice per group would each allocate and add a
+    zero-filled gradient of the whole (B, K * dim) output. Otherwise (sharded outputs can
+    come back in another order) one split per key and a cat per group."""
+    widths = dict(zip(kt.keys(), kt.length_per_key()))
+    if kt.keys() == [k for g in groups for k in g]:
+        return list(kt.values().split([sum(widths[k] for k in g) for g in groups], dim=1))
+    cols = dict(zip(kt.keys(), kt.values().split(kt.length_per_key(), dim=1)))
+    return [torch.cat([cols[k] for k in g], dim=1) if g else kt.values()[:, :0] for g in groups]
 
 
 def build_cafe(

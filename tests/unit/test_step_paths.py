@@ -1,5 +1,5 @@
 """The per-step fast paths of the compressed methods (issue 16): KJT regrouping, rows joined
-as a view of TorchRec's lookup output, CAFE's pooled columns, and table_wise on one rank.
+as a view of TorchRec's lookup output, CAFE's pooled column groups, and table_wise on one rank.
 
 The methods' outputs and gradients through these paths are compared with the fused kernels
 in ``test_methods.py`` and with unsharded models in ``tests/distributed/test_dmp_parity.py``;
@@ -15,7 +15,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from compactrec.embeddings.base import join_rows, split_kjt, value_keys
-from compactrec.embeddings.cafe import _columns
+from compactrec.embeddings.cafe import _column_groups
 from compactrec.sharding.planner import default_sharders, plan_model
 
 
@@ -65,12 +65,21 @@ def test_join_rows_is_a_view_of_consecutive_pieces_and_carries_gradients():
     torch.testing.assert_close(join_rows(gap), torch.cat(gap))
 
 
-def test_cafe_columns_view_or_gather_by_key():
-    values = torch.arange(2 * 12, dtype=torch.float32).view(2, 12)
+def test_cafe_column_groups_split_once_or_gather_by_key():
+    values = torch.arange(2 * 12, dtype=torch.float32).view(2, 12).requires_grad_()
     kt = KeyedTensor(keys=["x", "h0", "h1", "y"], length_per_key=[3, 3, 3, 3], values=values)
-    got = _columns(kt, ["h0", "h1"])
-    assert got.data_ptr() == values[:, 3:].data_ptr() and torch.equal(got, values[:, 3:9])
-    torch.testing.assert_close(_columns(kt, ["y", "x"]), torch.cat([values[:, 9:12], values[:, 0:3]], dim=1))
+    a, b, c = _column_groups(kt, [["x"], ["h0", "h1"], ["y"]])
+    assert b.data_ptr() == values[:, 3:].data_ptr() and torch.equal(b, values[:, 3:9])
+    assert torch.equal(a, values[:, :3]) and torch.equal(c, values[:, 9:])
+    w = torch.randn(2, 6)
+    (b * w).sum().backward()
+    torch.testing.assert_close(values.grad, torch.cat([torch.zeros(2, 3), w, torch.zeros(2, 3)], dim=1))
+    # keys in another order than the groups: gathered by key
+    got = _column_groups(kt, [["y", "x"], ["h1"], [], ["h0"]])
+    torch.testing.assert_close(got[0], torch.cat([values[:, 9:12], values[:, 0:3]], dim=1))
+    torch.testing.assert_close(got[1], values[:, 6:9])
+    assert got[2].shape == (2, 0)
+    torch.testing.assert_close(got[3], values[:, 3:6])
 
 
 class _Tables(nn.Module):
