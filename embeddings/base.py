@@ -164,6 +164,8 @@ def join_rows(parts: List[torch.Tensor]) -> torch.Tensor:
         at += p.numel()
     if start % width:
         return torch.cat(parts)
+    if start == 0 and at == base.numel():
+        return base  # the whole output: no slice node (its backward would copy into a zeroed tensor)
     return base.narrow(0, start // width, (at - start) // width)
 
 
