@@ -125,8 +125,9 @@ def split_kjt(features: KeyedJaggedTensor, first: List[str], second: List[str]) 
     """``features`` regrouped by key: (KJT of ``first``, KJT of ``second``), keys in the given
     order, None for an empty list. One permute of the whole batch (none when the keys are
     already in that order) and two slices, instead of one JaggedTensor per feature: a
-    method then transforms all its compressed ids with one op each (the per-feature Python
-    loop was most of the compressed methods' fixed cost per step at small batches)."""
+    method then transforms all its compressed ids with one op each (with the per-feature
+    loops gone, MEmCom's and mixed-dim's steps at batch 128 took 0.81-0.87x their time,
+    ``benchmarks/speed_ab.py``)."""
     index = {k: i for i, k in enumerate(features.keys())}
     order = [index[k] for k in first + second]
     regrouped = features if order == list(range(len(index))) else features.permute(order)
@@ -150,7 +151,7 @@ def join_rows(parts: List[torch.Tensor]) -> torch.Tensor:
     they are the consecutive pieces of one tensor: TorchRec's unpooled collections split one
     lookup output per feature (``construct_jagged_tensors``), so joining the features again
     is a view of that output, and its gradient skips the split's backward cat (an (nnz, d)
-    copy each way, about a tenth of a MEmCom step at batch 2048). Anything else: a cat."""
+    copy each way). Anything else: a cat."""
     base = parts[0]._base if parts else None
     if base is None or len(parts) == 1 or base.dim() != 2 or not base.is_contiguous():
         return parts[0] if len(parts) == 1 else torch.cat(parts)

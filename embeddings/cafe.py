@@ -284,8 +284,7 @@ class CafeEmbedding(CompressedEmbedding):
 
         All compressed features go through together (no per-feature loop): one sketch query,
         one routing sort, one EBC input built without splitting, one hot/cold merge over
-        (B, F_c * dim), one gradient hook. Per-feature work was most of CAFE's fixed cost
-        per step at small batches."""
+        (B, F_c * dim), one gradient hook, instead of a dozen small ops per feature."""
         recording = self.training and torch.is_grad_enabled()
         if recording:
             self.flush()  # last step's importance: the sketch only changes between steps
