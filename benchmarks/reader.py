@@ -1,15 +1,19 @@
-"""Reader throughput vs a bare pyarrow pass, and training samples/s, measured in one run.
+"""Reader throughput vs a bare pyarrow pass, and the trainer's consumption, in one run.
 
-    python benchmarks/reader.py [--rows 1000000] [--repeats 5] [--train-steps 300]
+    OMP_NUM_THREADS=1 python benchmarks/reader.py [--rows 1000000] [--repeats 5] [--train-steps 20]
 
 1. bare:   ``pq.ParquetFile(f).iter_batches(batch_size=B, columns=...)`` over the train shards
            (decode only: what pyarrow alone costs), both row group by row group (as a rank
-           reads them; the faster of the two) and over whole files.
+           reads them) and over whole files.
 2. reader: ``ParquetReader`` (one rank, shuffling on, validation on) delivering
-           ``Batch(dense, KeyedJaggedTensor, labels)``; the time includes the prefetch thread.
-The two alternate, each ``--repeats`` times; medians and the ratio are printed.
-3. training samples/s of the full-table DLRM on one local worker (one thread).
-Everything is pinned to one core (OMP/arrow threads = 1). Goal: reader >= 50% of bare.
+           ``Batch(dense, KeyedJaggedTensor, labels)``, its background thread included.
+The three alternate, each ``--repeats`` times. Each pass is timed in process CPU time (every
+thread of the process: the reader's prefetch thread is counted) and wall time; the ratio
+reader / bare is the median of the paired repeats' CPU-time ratios, with [min, max].
+3. the trainer's consumption: samples per CPU-second of the full-table DLRM's training step
+   (one gloo rank, one thread, built as ``compactrec train`` builds it), printed next to
+   the reader's rows per CPU-second: both are per core.
+Everything runs on one thread (OMP / arrow threads = 1). Goal: reader >= 70% of bare.
 """
 
 from __future__ import annotations
@@ -53,7 +57,35 @@ def _data_bench():
     return mod
 
 
+def train_consumption(data: Path, steps: int, batch_size: int) -> float:
+    """Samples per CPU-second of the full-table DLRM's training step (the loop's step), on
+    pre-read batches: what one training process consumes per core."""
+    from compactrec.embeddings.base import tables_on
+    from compactrec.sharding.env import DistEnv, free_port, init_process_group
+    from compactrec.sharding.shard import shard_model
+    from compactrec.trainer.dense_engine import build_dense_engine
+    from compactrec.trainer.loop import build_train_model
+    from compactrec.trainer.pipeline import train_step
+
+    cfg = load_config(None, [f"data.path={data}", "embedding.kind=full", f"data.batch_size={batch_size}"])
+    init_process_group(0, 1, free_port())
+    env = DistEnv(0, 1, 0, torch.device("cpu"))
+    m = read_manifest(data)
+    with tables_on("meta"):
+        model = shard_model(build_train_model(cfg, m, env.device), cfg.sharding.types, {}, env)
+    engine = build_dense_engine(cfg.dense, cfg.optim, model, env)
+    reader = ParquetReader(m.split_files(data, "train"), m.schema, batch_size, shuffle=True, max_steps=steps + 3)
+    batches = list(reader.epoch(0))
+    for b in batches[:3]:  # warm-up
+        train_step(engine, b, env.device)
+    c = time.process_time()
+    for b in batches[3:]:
+        train_step(engine, b, env.device)
+    return len(batches[3:]) * batch_size / (time.process_time() - c)
+
+
 def train_throughput(data: Path, steps: int, batch_size: int) -> float:
+    """Samples/s of a real local training run (``benchmarks/data.py`` uses it)."""
     from compactrec.cluster.local_launcher import run_local
 
     cfg = load_config(None, [
@@ -64,13 +96,20 @@ def train_throughput(data: Path, steps: int, batch_size: int) -> float:
     return float(run_local(cfg)["samples_per_s"])
 
 
+def _timed(fn):
+    """(rows per CPU-second, rows per wall-second) of one pass."""
+    t, c = time.perf_counter(), time.process_time()
+    n = fn()
+    return n / (time.process_time() - c), n / (time.perf_counter() - t)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="datasets/bench_reader")
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--train-steps", type=int, default=300)
+    p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args()
     quiet_third_party()
@@ -88,28 +127,44 @@ def main() -> int:
     reader = ParquetReader(m.split_files(data, "train"), m.schema, args.batch_size, shuffle=True, validate=True)
     bench.reader_pass(reader, 0)  # warm the page cache and imports
     files = m.split_files(data, "train")
-    bare, whole, ours = [], [], []
-    for i in range(args.repeats):  # alternating, so drift hits all three alike
-        bare.append(bench._timed(lambda: bench.bare_pass(reader, i, args.batch_size)))
-        whole.append(bench._timed(lambda: whole_file_pass(files, reader.columns, args.batch_size)))
-        ours.append(bench._timed(lambda: bench.reader_pass(reader, i)))
-    b, w, o = statistics.median(bare), statistics.median(whole), statistics.median(ours)
-    paired = statistics.median(y / x for x, y in zip(bare, ours))  # each repeat's own ratio
-    paired_whole = statistics.median(y / x for x, y in zip(whole, ours))
-    train = train_throughput(data, args.train_steps, args.batch_size) if args.train_steps > 0 else float("nan")
-    result = {
-        "rows": m.splits["train"].rows, "batch_size": args.batch_size,
-        "bare_rows_per_s": b, "whole_file_rows_per_s": w, "reader_rows_per_s": o,
-        "reader_over_bare": paired, "reader_over_whole_file": paired_whole,
-        "train_samples_per_s": train, "reader_over_train": o / train if train == train else None,
-        "runs_bare": bare, "runs_whole_file": whole, "runs_reader": ours,
+    load_start = os.getloadavg()[0]
+    passes = {
+        "bare iter_batches, row group by row group": lambda i: bench.bare_pass(reader, i, args.batch_size),
+        "bare iter_batches, whole files": lambda i: whole_file_pass(files, reader.columns, args.batch_size),
+        "ParquetReader -> Batch(KJT), shuffled, validated": lambda i: bench.reader_pass(reader, i),
     }
-    n = args.repeats
-    print(f"bare iter_batches, row group by row group : {b:12,.0f} rows/s (median of {n})")
-    print(f"bare iter_batches, whole files            : {w:12,.0f} rows/s (median of {n})")
-    print(f"ParquetReader -> KJT (shuffled, validated): {o:12,.0f} rows/s (median of {n})")
-    print(f"reader / bare (median of paired repeats): {paired:.0%} of the row-group pass, {paired_whole:.0%} of the whole-file pass")
-    print(f"training (full DLRM, 1 worker, 1 thread): {train:,.0f} samples/s; reader/trainer = {o / train:.1f}x")
+    cpu = {k: [] for k in passes}
+    wall = {k: [] for k in passes}
+    for i in range(args.repeats):  # alternating, so drift hits all three alike
+        for k, fn in passes.items():
+            c, w = _timed(lambda: fn(i))
+            cpu[k].append(c)
+            wall[k].append(w)
+    names = list(passes)
+    ours = cpu[names[2]]
+    vs_bare = [o / b for o, b in zip(ours, cpu[names[0]])]  # each repeat's own ratio
+    vs_whole = [o / b for o, b in zip(ours, cpu[names[1]])]
+    train = train_consumption(data, args.train_steps, args.batch_size) if args.train_steps > 0 else float("nan")
+    load_end = os.getloadavg()[0]
+    med = statistics.median
+    result = {
+        "rows": m.splits["train"].rows, "batch_size": args.batch_size, "repeats": args.repeats,
+        "rows_per_cpu_s": {k: med(v) for k, v in cpu.items()}, "rows_per_wall_s": {k: med(v) for k, v in wall.items()},
+        "reader_over_bare": med(vs_bare), "reader_over_bare_range": [min(vs_bare), max(vs_bare)],
+        "reader_over_whole_file": med(vs_whole), "train_samples_per_cpu_s": train,
+        "reader_over_train": med(ours) / train if train == train else None,
+        "runs_cpu": cpu, "runs_wall": wall, "load_average": [load_start, load_end],
+    }
+    print(f"{result['rows']:,} rows, batch {args.batch_size}, one thread, medians of {args.repeats} alternating repeats, "
+          f"load average {load_start:.1f} -> {load_end:.1f}")
+    print("| pass | rows per CPU-second | rows per wall-second |")
+    print("|---|---|---|")
+    for k in names:
+        print(f"| {k} | {med(cpu[k]):,.0f} | {med(wall[k]):,.0f} |")
+    print(f"reader / bare (CPU time, median [min, max] of paired repeats): {med(vs_bare):.0%} "
+          f"[{min(vs_bare):.0%}, {max(vs_bare):.0%}] of the row-group pass, {med(vs_whole):.0%} of the whole-file pass")
+    print(f"per core: reader {med(ours):,.0f} rows per CPU-second; trainer (full DLRM step, batch {args.batch_size}) "
+          f"consumes {train:,.0f} samples per CPU-second; reader / trainer = {med(ours) / train:.1f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

@@ -7,8 +7,10 @@ Batches of 2048 samples x 26 features of Zipf ids over the demo cardinalities
 exponents in [1.05, 1.3] as the synthetic data), scores ~ Exp(1) (like grad norms normalised
 to mean 1). The sketch is sized as CAFE sizes it (``plan_cafe`` at ``--ratio``), unless
 ``--buckets`` is given. Each repeat starts a fresh sketch, fills it with ``--warmup`` batches
-(untimed), then times inserts and queries over ``--batches`` batches; medians are printed.
-Goal: >= 5M ids/s insert. Everything runs with OMP / torch threads = 1.
+(untimed), then times inserts and queries over ``--batches`` batches. Each is timed in
+process CPU time (``time.process_time``: steady on a shared machine, where wall time swings
+with other jobs) and wall time; medians over repeats with [min, max], and the load average
+at start and end, are printed. Goal: >= 5M ids/s insert. OMP / torch threads = 1.
 """
 
 from __future__ import annotations
@@ -74,19 +76,23 @@ def main() -> None:
     scores = [torch.from_numpy(rng.exponential(1.0, d.numel()).astype(np.float32)) for d in data]
     n_ids = sum(d.numel() for d in data[args.warmup :])
 
-    ins, qry, hot, distinct = [], [], [], len(torch.unique(torch.cat(data)))
+    ins, qry, ins_wall, qry_wall, hot = [], [], [], [], []
+    distinct = len(torch.unique(torch.cat(data)))
+    load_start = os.getloadavg()[0]
     for _ in range(args.repeats):
         sk = HotSketch(buckets, buckets, cfg.threshold, cfg.slots, cfg.decay, cfg.seed)
         for d, s in zip(data[: args.warmup], scores[: args.warmup]):
             sk.insert(d, s)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for d, s in zip(data[args.warmup :], scores[args.warmup :]):
             sk.insert(d, s)
-        ins.append(n_ids / (time.perf_counter() - t))
-        t = time.perf_counter()
+        ins.append(n_ids / (time.process_time() - c))
+        ins_wall.append(n_ids / (time.perf_counter() - t))
+        t, c = time.perf_counter(), time.process_time()
         for d in data[args.warmup :]:
             sk.query(d)
-        qry.append(n_ids / (time.perf_counter() - t))
+        qry.append(n_ids / (time.process_time() - c))
+        qry_wall.append(n_ids / (time.perf_counter() - t))
         hot.append(sk.num_hot)
     result = {
         "batch_ids": data[0].numel(),
@@ -94,16 +100,25 @@ def main() -> None:
         "buckets": buckets,
         "hot_slots": buckets,
         "threshold": cfg.threshold,
-        "insert_ids_per_s": statistics.median(ins),
-        "query_ids_per_s": statistics.median(qry),
-        "insert_ms_per_batch": 1e3 * data[0].numel() / statistics.median(ins),
+        "insert_ids_per_cpu_s": statistics.median(ins),
+        "insert_range": [min(ins), max(ins)],
+        "insert_ids_per_wall_s": statistics.median(ins_wall),
+        "query_ids_per_cpu_s": statistics.median(qry),
+        "query_range": [min(qry), max(qry)],
+        "query_ids_per_wall_s": statistics.median(qry_wall),
+        "insert_cpu_ms_per_batch": 1e3 * data[0].numel() / statistics.median(ins),
         "hot_at_end": statistics.median(hot),
         "repeats": args.repeats,
+        "load_average": [load_start, os.getloadavg()[0]],
     }
-    print(f"HotSketch, {buckets} buckets x {cfg.slots} slots, batches of {data[0].numel()} ids")
+    m = 1e6
+    print(f"HotSketch, {buckets} buckets x {cfg.slots} slots, batches of {data[0].numel()} ids, "
+          f"medians of {args.repeats} repeats, load average {load_start:.1f} -> {os.getloadavg()[0]:.1f}")
     print(f"  ({distinct} distinct keys seen, {result['hot_at_end']} hot at the end)")
-    print(f"  insert: {result['insert_ids_per_s'] / 1e6:.2f} M ids/s ({result['insert_ms_per_batch']:.2f} ms / batch)")
-    print(f"  query:  {result['query_ids_per_s'] / 1e6:.2f} M ids/s")
+    print(f"  insert: {statistics.median(ins) / m:.2f} M ids per CPU-second [{min(ins) / m:.2f}, {max(ins) / m:.2f}] "
+          f"({result['insert_cpu_ms_per_batch']:.2f} CPU ms / batch); wall {statistics.median(ins_wall) / m:.2f} M ids/s")
+    print(f"  query:  {statistics.median(qry) / m:.2f} M ids per CPU-second [{min(qry) / m:.2f}, {max(qry) / m:.2f}]; "
+          f"wall {statistics.median(qry_wall) / m:.2f} M ids/s")
     print(json.dumps(result))
 
 

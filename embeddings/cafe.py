@@ -40,16 +40,17 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from compactrec.embeddings.accounting import FP32, full_embedding_bytes
 from compactrec.embeddings.base import (
     CompressedEmbedding,
     bag_ids,
     full_config,
-    kjt_from,
     split_features,
+    split_kjt,
     table_device,
+    value_keys,
 )
 from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
 from compactrec.embeddings.hotsketch import SCALAR_BYTES, HotSketch
@@ -279,61 +280,79 @@ class CafeEmbedding(CompressedEmbedding):
     # -------------------------------------------------------------------------- forward
 
     def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
-        """features: KJT with the schema's keys -> {feature: (B, dim)}."""
+        """features: KJT with the schema's keys -> {feature: (B, dim)}.
+
+        All compressed features go through together (no per-feature loop): one sketch query,
+        one routing sort, one EBC input built without splitting, one hot/cold merge over
+        (B, F_c * dim), one gradient hook, instead of a dozen small ops per feature."""
         recording = self.training and torch.is_grad_enabled()
         if recording:
             self.flush()  # last step's importance: the sketch only changes between steps
-        jts = features.to_dict()
-        parts = {n: (jts[n].values(), jts[n].lengths()) for n in self.small_names}
-        gids = [self.global_ids(f.name, jts[f.name].values()) for f in self.compressed]
-        lengths = [jts[f.name].lengths() for f in self.compressed]
-        if self.compressed:
-            parts.update(self._route(torch.cat(gids), torch.cat(lengths), [g.numel() for g in gids]))
-        pooled = self.ebc(kjt_from({k: parts[k] for k in self._kjt_keys})).to_dict()
-        out = {n: pooled[n] for n in self.small_names}
-        merge = [None] * (1 + self.cfg.levels)  # identity blocks: hot + every hash level
-        for f in self.compressed:
-            blocks = [pooled[f"{f.name}__hot"]] + [pooled[f"{f.name}__h{l}"] for l in range(self.cfg.levels)]
-            out[f.name] = project_sum(blocks, merge)  # (B, dim): hot/cold merge in one op
-        if recording and self.compressed:
-            self._record(gids, lengths, [out[f.name] for f in self.compressed])
+        names = [f.name for f in self.compressed]
+        small, big = split_kjt(features, self.small_names, names)
+        if big is None:  # every feature is small: plain full tables
+            pooled = self.ebc(small).to_dict()
+            return {n: pooled[n] for n in self.small_names}
+        fidx = value_keys(big)  # (nnz_c,) compressed feature of each value
+        gids = big.values().to(torch.int64) + self._starts_t[fidx]  # (nnz_c,) the sketch's keys
+        values, lengths, per_key = self._route(gids, big.lengths(), fidx)
+        if small is not None:
+            values = torch.cat([small.values().to(torch.int64), values])
+            lengths = torch.cat([small.lengths().to(lengths.dtype), lengths])
+            per_key = small.length_per_key() + per_key
+        kt = self.ebc(KeyedJaggedTensor(keys=self._kjt_keys, values=values, lengths=lengths, length_per_key=per_key))
+        nf, levels, b = len(names), self.cfg.levels, big.stride()
+        small_cols, hot, hashed = _column_groups(kt, [self.small_names, [f"{n}__hot" for n in names],
+                                                      [f"{n}__h{l}" for n in names for l in range(levels)]])
+        # hash columns are feature-major, level-minor: level l of every feature, side by side
+        per_level = [hashed] if levels == 1 else [
+            hashed.reshape(b, nf, levels, self.dim)[:, :, l].reshape(b, nf * self.dim) for l in range(levels)
+        ]
+        merged = project_sum([hot] + per_level, [None] * (1 + levels))  # (B, F_c * dim): hot/cold merge in one op
+        out = dict(zip(names, merged.split(self.dim, dim=1)))
+        out.update(zip(self.small_names, small_cols.split(self.dim, dim=1)))
+        if recording:
+            self._record(gids, big.lengths(), merged, nf, b)
         return out
 
-    def _route(self, gids: torch.Tensor, lengths: torch.Tensor, sizes: List[int]) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
-        """All compressed features at once (no per-feature loop): gids (nnz,) global ids in key
-        order, lengths (F_c * B,) -> {f__hot: (slots, lengths), f__h{l}: (hash rows, lengths)}."""
+    def _route(
+        self, gids: torch.Tensor, lengths: torch.Tensor, fidx: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+        """Every compressed value to its EBC keys, in ``_kjt_keys`` order (after the small
+        features): ``f__hot`` (hot slot) for each f, then ``f__h{l}`` (hash row) for each f
+        and level. gids (nnz,) global ids in key order, lengths (F_c * B,), fidx (nnz,) the
+        feature of each value -> (values, lengths (F_c * (1 + L) * B,), values per key)."""
         query = self.sketch.query if self.router is None else self.router.query  # type: ignore[union-attr]
         slots = query(gids)  # one query (one exchange when sharded) for every feature
-        nf = len(self.compressed)
+        nf, levels = len(self.compressed), self.cfg.levels
         b = lengths.numel() // nf
-        fidx = torch.repeat_interleave(torch.arange(nf, device=gids.device), torch.tensor(sizes, device=gids.device))
+        keys = nf * (1 + levels)  # hot keys, then hash keys (feature-major, level-minor)
         local = gids - self._starts_t[fidx]
         cold = slots < 0
-        target = fidx * 2 + cold.long()  # output key: 2f = f__hot, 2f + 1 = f's hash keys
         bag = bag_ids(lengths) - fidx * b  # the value's bag within its feature
-        order = torch.sort(target, stable=True).indices
-        counts = torch.bincount(target, minlength=2 * nf).tolist()
-        lens = torch.bincount(target * b + bag, minlength=2 * nf * b).view(2 * nf, b)
-        hot_vals = torch.where(cold, local, slots)[order].split(counts)
-        levels = [
-            hash_remap(local, self._hash_rows_t[l][fidx], seed=self.cfg.seed + 1 + l)[order].split(counts)
-            for l in range(self.cfg.levels)
-        ]
-        parts: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
-        for j, f in enumerate(self.compressed):
-            parts[f"{f.name}__hot"] = (hot_vals[2 * j], lens[2 * j])
-            for l in range(self.cfg.levels):
-                parts[f"{f.name}__h{l}"] = (levels[l][2 * j + 1], lens[2 * j + 1])
-        return parts
+        first_hash = nf + fidx * levels  # key of (f, level 0)
+        targets, vals = [], []
+        for l in range(levels):
+            rows = hash_remap(local, self._hash_rows_t[l][fidx], seed=self.cfg.seed + 1 + l)
+            if l == 0:  # a hot value is looked up once, in the hot table
+                targets.append(torch.where(cold, first_hash, fidx))
+                vals.append(torch.where(cold, rows, slots))
+            else:  # extra levels: cold values only; hot ones go to a dropped key past the end
+                targets.append(torch.where(cold, first_hash + l, torch.full_like(fidx, keys)))
+                vals.append(rows)
+        target = targets[0] if levels == 1 else torch.cat(targets)
+        value = vals[0] if levels == 1 else torch.cat(vals)
+        bags = bag if levels == 1 else bag.repeat(levels)
+        order = torch.sort(target, stable=True).indices  # stable: bag order inside every key
+        per_key = torch.bincount(target, minlength=keys + 1).tolist()
+        lens = torch.bincount(target * b + bags, minlength=(keys + 1) * b)[: keys * b]
+        return value[order][: sum(per_key[:keys])], lens.to(torch.int32), per_key[:keys]
 
-    def _record(
-        self, gids: List[torch.Tensor], lengths: List[torch.Tensor], pooled: List[torch.Tensor]
-    ) -> None:
-        occ = _Occurrences([g.detach() for g in gids], [n.detach() for n in lengths], [None] * len(gids))
-        if self.cfg.importance == "grad_norm":
-            for i, e in enumerate(pooled):
-                if e.requires_grad:
-                    e.register_hook(_NormHook(occ, i))
+    def _record(self, gids: torch.Tensor, lengths: torch.Tensor, merged: torch.Tensor, nf: int, b: int) -> None:
+        """gids (nnz_c,), lengths (F_c * B,), merged (B, F_c * dim): the compressed outputs."""
+        occ = _Occurrences([gids.detach()], [lengths.detach()], [None])
+        if self.cfg.importance == "grad_norm" and merged.requires_grad:
+            merged.register_hook(_NormHook(occ, 0, nf))
         self._pending.append(occ)
 
     # -------------------------------------------------------------------- sketch update
@@ -391,13 +410,29 @@ class CafeEmbedding(CompressedEmbedding):
 
 
 class _NormHook:
-    """Gradient hook on a compressed feature's pooled output (B, dim): stores per-bag L2 norms."""
+    """Gradient hook on the compressed features' pooled outputs (B, parts * dim): stores the
+    L2 norm of every (feature, bag) gradient, key-major as the KJT's bags: (parts * B,)."""
 
-    def __init__(self, occ: _Occurrences, index: int) -> None:
-        self.occ, self.index = occ, index
+    def __init__(self, occ: _Occurrences, index: int, parts: int = 1) -> None:
+        self.occ, self.index, self.parts = occ, index, parts
 
     def __call__(self, grad: torch.Tensor) -> None:
-        self.occ.norms[self.index] = grad.detach().norm(dim=1)
+        g = grad.detach()
+        self.occ.norms[self.index] = g.view(g.shape[0], self.parts, -1).norm(dim=2).t().reshape(-1)
+
+
+def _column_groups(kt: KeyedTensor, groups: List[List[str]]) -> List[torch.Tensor]:
+    """The columns of each group of keys of a pooled KeyedTensor, the group's keys side by
+    side: one (B, sum of its widths) tensor per group. Views from ONE split when the groups
+    tile the KeyedTensor in this order (TorchRec keeps the input's key order on one rank):
+    then the backward is one cat, where a slice per group would each allocate and add a
+    zero-filled gradient of the whole (B, K * dim) output. Otherwise (sharded outputs can
+    come back in another order) one split per key and a cat per group."""
+    widths = dict(zip(kt.keys(), kt.length_per_key()))
+    if kt.keys() == [k for g in groups for k in g]:
+        return list(kt.values().split([sum(widths[k] for k in g) for g in groups], dim=1))
+    cols = dict(zip(kt.keys(), kt.values().split(kt.length_per_key(), dim=1)))
+    return [torch.cat([cols[k] for k in g], dim=1) if g else kt.values()[:, :0] for g in groups]
 
 
 def build_cafe(

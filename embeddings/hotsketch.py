@@ -167,25 +167,39 @@ class HotSketch(nn.Module):
         """
         keys = keys.reshape(-1).to(torch.int64)
         scores = torch.ones_like(keys, dtype=torch.float32) if scores is None else scores.reshape(-1).float()
-        if keys.numel() and int(keys.min()) < 0:
-            raise ValueError(f"HotSketch.insert: keys must be >= 0 (-1 marks an empty slot), got {int(keys.min())}")
         events: Events = []
         rounds = self._rounds(keys, scores) if keys.numel() else []
         n = len(rounds) if sync is None else sync.max(len(rounds))
+        # Host copies of two scalars, read once per batch instead of once per round (each
+        # read is a device sync on GPU and a Python round trip on CPU); float64 additions on
+        # the host round exactly as on the buffer. Written back before returning.
+        free = int(self.free_count)
+        if sync is None and rounds:
+            totals = torch.stack([v.sum(dtype=torch.float64) for _, _, v in rounds]).tolist()
+            inserted = float(self.inserted)
         for r in range(n):
-            total = torch.zeros((), dtype=torch.float64)
             if r < len(rounds):
-                x, b, v = rounds[r]
-                self._insert_round(x, b, v, events)
-                total = v.sum(dtype=torch.float64)
-            self.inserted += total if sync is None else sync.sum(total)
-            if float(self.inserted) > self.decay_after:
-                self._decay(events)
+                free = self._insert_round(*rounds[r], events, free)
+            if sync is None:
+                inserted += totals[r]
+                decay = inserted > self.decay_after
+                if decay:
+                    inserted = 0.0
+            else:
+                total = rounds[r][2].sum(dtype=torch.float64) if r < len(rounds) else torch.zeros((), dtype=torch.float64)
+                self.inserted += sync.sum(total)
+                decay = float(self.inserted) > self.decay_after
+            if decay:
+                free = self._decay(events, free)
+        if sync is None and rounds:
+            self.inserted.fill_(inserted)
         return self._net_changes(events)
 
     def _rounds(self, keys: torch.Tensor, scores: torch.Tensor) -> List[Tuple[torch.Tensor, ...]]:
         """Aggregate per key, group by bucket (key ascending inside), split into rounds."""
         uniq, inv = torch.unique(keys, return_inverse=True)  # sorted ascending
+        if int(uniq[0]) < 0:
+            raise ValueError(f"HotSketch.insert: keys must be >= 0 (-1 marks an empty slot), got {int(uniq[0])}")
         agg = torch.zeros(uniq.numel(), dtype=torch.float32, device=keys.device).index_add_(0, inv, scores)
         bucket = self.bucket_of(uniq)
         order = torch.sort(bucket, stable=True).indices  # stable: key ascending inside a bucket
@@ -198,10 +212,12 @@ class HotSketch(nn.Module):
         parts = [t[order].split(sizes) for t in (uniq, bucket, agg)]
         return list(zip(*parts))
 
-    def _insert_round(self, x: torch.Tensor, b: torch.Tensor, v: torch.Tensor, events: Events) -> None:
-        """x, b, v: (m,) keys, their distinct buckets (ascending), scores."""
+    def _insert_round(self, x: torch.Tensor, b: torch.Tensor, v: torch.Tensor, events: Events, free: int) -> int:
+        """x, b, v: (m,) keys, their distinct buckets (ascending), scores; ``free``: the free
+        hot slots (host count). Returns the free count after the round's promotions."""
         c = self.c
-        kb, sb = self.keys[b], self.scores[b]  # (m, c)
+        # index_select / index_copy_: a fraction of the cost of advanced indexing at these sizes
+        kb, sb = self.keys.index_select(0, b), self.scores.index_select(0, b)  # (m, c)
         match, empty = kb == x[:, None], kb < 0
         present, has_empty = match.any(1), empty.any(1)
         j = torch.where(
@@ -209,32 +225,39 @@ class HotSketch(nn.Module):
             match.to(torch.uint8).argmax(1),  # argmax/argmin return the first extremum
             torch.where(has_empty, empty.to(torch.uint8).argmax(1), sb.argmin(1)),
         )
-        flat = b * c + j
-        hot_j = self.hot.view(-1)[flat]
-        score_j = self.scores.view(-1)[flat]
+        flat = b * c + j  # distinct within a round (distinct buckets): plain index writes
+        col = j.unsqueeze(1)
+        hot_j = self.hot.view(-1).index_select(0, flat)
+        score_j = sb.gather(1, col).squeeze(1)
         new_score = torch.where(present | ~has_empty, score_j + v, v)  # min + v when replacing
         keep = present | has_empty | (hot_j < 0)  # a full bucket whose minimum is hot drops x
-        self.keys.view(-1)[flat[keep]] = x[keep]
-        self.scores.view(-1)[flat[keep]] = new_score[keep]
+        # unmasked writes (a dropped key rewrites the slot's own values): no boolean indexing
+        self.keys.view(-1).index_copy_(0, flat, torch.where(keep, x, kb.gather(1, col).squeeze(1)))
+        self.scores.view(-1).index_copy_(0, flat, torch.where(keep, new_score, score_j))
+        if not free:
+            return free
         cand = torch.nonzero(keep & (hot_j < 0) & (new_score >= self.threshold)).squeeze(1)
-        n_free = int(self.free_count)
-        if cand.numel() and n_free:
-            cand = cand[:n_free]  # ascending position = ascending bucket
-            m = cand.numel()
-            slots = self.free[n_free - m : n_free].flip(0)  # pop: the top of the stack first
+        m = min(cand.numel(), free)
+        if m:
+            cand = cand[:m]  # ascending position = ascending bucket
+            slots = self.free[free - m : free].flip(0)  # pop: the top of the stack first
             self.free_count -= m
-            self.hot.view(-1)[flat[cand]] = slots
-            self.owner[slots.long()] = x[cand]
-            events.append((slots.long(), torch.full_like(x[cand], -1)))
+            promoted = x.index_select(0, cand)
+            self.hot.view(-1).index_copy_(0, flat.index_select(0, cand), slots)
+            self.owner.index_copy_(0, slots.long(), promoted)
+            events.append((slots.long(), torch.full_like(promoted, -1)))
+        return free - m
 
-    def _decay(self, events: Events) -> None:
+    def _decay(self, events: Events, free: int) -> int:
+        """Scale every score by ``decay``; demote hot slots that fell below T. ``free``: host
+        count of free hot slots; returns it after the demotions."""
         self.scores.mul_(self.decay)
         self.inserted.zero_()
         hot, scores = self.hot.view(-1), self.scores.view(-1)
         idx = torch.nonzero((hot >= 0) & (scores < self.threshold)).squeeze(1)  # (bucket, slot) order
         if idx.numel():
             slots = hot[idx].long()
-            n = int(self.free_count)
+            n = free
             self.free[n : n + idx.numel()] = slots.to(torch.int32)
             self.free_count += idx.numel()
             top = n + idx.numel()  # keep the stack sorted: the lowest free slot pops first
@@ -242,6 +265,7 @@ class HotSketch(nn.Module):
             events.append((slots, self.owner[slots].clone()))
             self.owner[slots] = -1
             hot[idx] = -1
+        return free + idx.numel()
 
     def _net_changes(self, events: Events) -> Tuple[torch.Tensor, ...]:
         """Compare each touched slot's owner before its first event with its owner now."""

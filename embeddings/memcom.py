@@ -35,7 +35,9 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from compactrec.embeddings.accounting import FP32
-from compactrec.embeddings.base import CompressedEmbedding, full_config, is_local, kjt_from, split_features, table_device
+from compactrec.embeddings.base import (
+    CompressedEmbedding, full_config, is_local, join_rows, split_features, split_kjt, table_device, value_keys,
+)
 from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
 from compactrec.trainer.config import MemComConfig
 from compactrec.data.reader.manifest import FeatureSchema
@@ -73,14 +75,10 @@ class MemComEmbedding(CompressedEmbedding):
         self.shared = EmbeddingCollection(tables=shared, device=table_device(device))
         self.scales = EmbeddingCollection(tables=scales, device=table_device(device))
         self.rows_of = [plan.rows[n] for n in self.big]  # m per compressed feature (host ints: no device read)
+        self.register_buffer("_rows_t", torch.tensor(self.rows_of, dtype=torch.int64, device=device), persistent=False)
         # The fused op indexes scales by the id it is given: identity hashing with m < N
         # (a test mode) would need ids % m for the rows but raw ids for the scales.
         self._fusable = cfg.hash != "identity" or all(plan.rows[f.name] >= f.cardinality for f in big)
-
-    def _hash(self, ids: torch.Tensor, m: int) -> torch.Tensor:
-        from compactrec.kernels import hash_remap
-
-        return ids % m if self.cfg.hash == "identity" else hash_remap(ids, m, seed=self.cfg.seed)
 
     def _embed_fused(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
         """Unsharded: one fused hash_scale_bag per feature on the tables' weights."""
@@ -107,29 +105,37 @@ class MemComEmbedding(CompressedEmbedding):
         scales; ``scale_pool`` composes them per id and pools (compose before pool)."""
         if self.fused and self._fusable and is_local(self.full, self.shared, self.scales):
             return self._embed_fused(features)
-        from compactrec.kernels import scale_pool
+        from compactrec.kernels import hash_remap, scale_pool
 
-        jts = features.to_dict()
+        small, big = split_kjt(features, self.small, self.big)
         out: Dict[str, torch.Tensor] = {}
         if self.full is not None:
-            out.update(self.full(KeyedJaggedTensor.from_jt_dict({n: jts[n] for n in self.small})).to_dict())
+            out.update(self.full(small).to_dict())
+        if big is None:
+            return out
+        # Every compressed feature at once: one hash, one division, one lookup per
+        # collection, one compose + pool over the F_c * B bags (key-major, as the KJT).
+        ids, lengths = big.values().to(torch.int64), big.lengths()
+        moduli = self._rows_t[value_keys(big)]  # (nnz,): m of each value's feature
+        hashed = ids % moduli if self.cfg.hash == "identity" else hash_remap(ids, moduli, seed=self.cfg.seed)
+        per_key = big.length_per_key()
+        rows = self.shared(KeyedJaggedTensor(
+            keys=[f"{n}__E" for n in self.big], values=hashed, lengths=lengths, length_per_key=per_key,
+        ))
         pack = self.cfg.pack
-        shared_ids, scale_ids = {}, {}
-        for j, name in enumerate(self.big):
-            ids, lengths = jts[name].values().to(torch.int64), jts[name].lengths()
-            shared_ids[f"{name}__E"] = (self._hash(ids, self.rows_of[j]), lengths)
-            scale_ids[f"{name}__w"] = (torch.div(ids, pack, rounding_mode="floor"), lengths)
-            if self.cfg.bias:
-                scale_ids[f"{name}__b"] = scale_ids[f"{name}__w"]
-        rows = self.shared(kjt_from(shared_ids))
-        scale_rows_ = self.scales(kjt_from(scale_ids))
-        for name in self.big:
-            ids = jts[name].values().to(torch.int64)
-            col = (ids % pack).unsqueeze(1)
-            w = scale_rows_[f"{name}__w"].values().gather(1, col).squeeze(1)  # (nnz,): w[i]
-            b = scale_rows_[f"{name}__b"].values().gather(1, col).squeeze(1) if self.cfg.bias else None
-            # (B, d): sum_j w_j E[h(i_j)] (+ b_j); w separates ids sharing a row
-            out[name] = scale_pool(rows[f"{name}__E"].values(), jts[name].offsets(), w, b)
+        scale_ids = torch.div(ids, pack, rounding_mode="floor")
+        scale_keys = [f"{n}__w" for n in self.big] + ([f"{n}__b" for n in self.big] if self.cfg.bias else [])
+        reps = 2 if self.cfg.bias else 1
+        looked = self.scales(KeyedJaggedTensor(
+            keys=scale_keys, values=scale_ids.repeat(reps), lengths=lengths.repeat(reps), length_per_key=per_key * reps,
+        ))
+        col = (ids % pack).unsqueeze(1)  # w[i] is element i % pack of scale row i // pack
+        e = join_rows([rows[f"{n}__E"].values() for n in self.big])  # (nnz, d)
+        w = join_rows([looked[f"{n}__w"].values() for n in self.big]).gather(1, col).squeeze(1)  # (nnz,)
+        b = join_rows([looked[f"{n}__b"].values() for n in self.big]).gather(1, col).squeeze(1) if self.cfg.bias else None
+        # (F_c * B, d): sum_j w_j E[h(i_j)] (+ b_j) per bag; w separates ids sharing a row
+        pooled = scale_pool(e, big.offsets(), w, b)
+        out.update(zip(self.big, pooled.split(big.stride())))
         return out
 
 

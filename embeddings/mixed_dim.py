@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -46,13 +46,15 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from compactrec.embeddings.accounting import FP32
 from compactrec.embeddings.base import (
     CompressedEmbedding,
+    bag_ids,
     full_config,
     is_local,
-    kjt_from,
-    route,
+    join_rows,
     split_features,
+    split_kjt,
     sum_pool,
     table_device,
+    value_keys,
 )
 from compactrec.embeddings.budget import BudgetError, bisect, full_table_bytes
 from compactrec.trainer.config import MixedDimConfig
@@ -245,19 +247,34 @@ class MixedDimEmbedding(CompressedEmbedding):
                 self.register_buffer(f"head_rank_{f.name}", head_rank.to(device) if device else head_rank)
         self.ebc = EmbeddingBagCollection(tables=tables, device=table_device(device))
         self.packed = EmbeddingCollection(tables=narrow, device=table_device(device)) if narrow else None
+        self._routing_constants(big, plan, device)
 
-    def _narrow(self, parts: Dict[str, tuple]) -> Dict[str, torch.Tensor]:
-        """Pooled outputs of the packed (1- or 2-wide) blocks: unpooled lookups of their
-        width-4 rows, the block's columns sliced per id, then summed per bag."""
-        if self.packed is None or not parts:
-            return {}
-        looked = self.packed(kjt_from({k: ((v * self.narrow_width[k]) // PACK, ln) for k, (v, ln) in parts.items()}))
-        out = {}
-        for key, (rows, lengths) in parts.items():
-            w = self.narrow_width[key]
-            cols = ((rows * w) % PACK).unsqueeze(1) + torch.arange(w, device=rows.device)
-            out[key] = sum_pool(looked[key].values().gather(1, cols), lengths)  # (B, w)
-        return out
+    def _routing_constants(self, big: List[SparseFeature], plan: MixedDimPlan, device) -> None:
+        """Host lists and small buffers (from the plan alone) that route every compressed id
+        of a batch in one pass: block keys numbered wide (EBC) first, then the packed blocks
+        of width 1, then of width 2, so one sort splits a batch into the three groups."""
+        keys = [k for f in big for k in self.block_keys[f.name]]
+        self._wide = [k for k in keys if k not in self.narrow_width]
+        self._narrow_groups = [[k for k in keys if self.narrow_width.get(k) == w] for w in (1, 2)]
+        target = {k: i for i, k in enumerate(self._wide + self._narrow_groups[0] + self._narrow_groups[1])}
+        nblocks = [len(self.block_keys[f.name]) for f in big]
+        span = max([f.cardinality for f in big], default=0) + 1  # feature * span + rank: one sorted key space
+        inner = [j * span + int(x) for j, f in enumerate(big) for x in np.cumsum([0] + plan.block_rows[f.name])[1:-1]]
+        as_t = lambda xs: torch.tensor(xs, dtype=torch.int64, device=device)  # noqa: E731
+        self._span = span
+        self.register_buffer("_key_target", as_t([target[k] for k in keys]), persistent=False)
+        self._key_start = np.cumsum([0] + nblocks)[:-1].tolist()
+        self.register_buffer("_key_start_t", as_t(self._key_start), persistent=False)
+        self.register_buffer("_inner_bounds", as_t(inner), persistent=False)  # (sum_f K_f - 1,)
+        self.register_buffer("_inner_before", as_t(np.cumsum([0] + [k - 1 for k in nblocks])[:-1].tolist()),
+                             persistent=False)
+        self.register_buffer("_tail_block", as_t([k - 1 for k in nblocks]), persistent=False)
+        self.register_buffer("_id_start", as_t(np.cumsum([0] + [f.cardinality for f in big])[:-1].tolist()),
+                             persistent=False)
+        bounds = [np.cumsum([0] + plan.block_rows[f.name]).tolist() for f in big]
+        self.register_buffer("_bounds_flat", as_t([x for b in bounds for x in b]), persistent=False)
+        self.register_buffer("_bounds_at", as_t(np.cumsum([0] + [len(b) for b in bounds])[:-1].tolist()),
+                             persistent=False)
 
     def _locate(self, name: str, ids: torch.Tensor, bounds: torch.Tensor):
         """(block, row in block) per id: binary search in the head, else the tail by raw id."""
@@ -307,27 +324,78 @@ class MixedDimEmbedding(CompressedEmbedding):
             return self._embed_fused(features)
         from compactrec.kernels import project_sum
 
-        jts = features.to_dict()
-        parts = {n: (jts[n].values(), jts[n].lengths()) for n in self.small}
-        narrow: Dict[str, tuple] = {}
-        for name in self.big:
-            ids, lengths = jts[name].values().to(torch.int64), jts[name].lengths()
-            bounds = getattr(self, f"bounds_{name}")
-            if self.rows_mode:
-                block, row = self._locate(name, ids, bounds)
-            else:
-                block, row = torch.zeros_like(ids), ids
-            vals, lens = route(row, lengths, block, len(self.block_keys[name]))
-            for key, v, ln in zip(self.block_keys[name], vals, lens):
-                (narrow if key in self.narrow_width else parts)[key] = (v, ln)
-        pooled = self.ebc(kjt_from(parts)).to_dict()
-        pooled.update(self._narrow(narrow))
+        small, big = split_kjt(features, self.small, self.big)
+        if big is None:
+            pooled = self.ebc(small).to_dict()
+            return {n: pooled[n] for n in self.small}
+        fidx = value_keys(big)  # (nnz_c,) compressed feature of each value
+        ids, b = big.values().to(torch.int64), big.stride()
+        block, row = self._locate_all(ids, fidx)
+        target = self._key_target[self._key_start_t[fidx] + block]  # wide keys, then width-1, width-2
+        bag = bag_ids(big.lengths()) - fidx * b  # the value's bag within its feature
+        groups = [self._wide] + self._narrow_groups
+        nkeys = sum(len(g) for g in groups)
+        order = torch.sort(target, stable=True).indices  # stable: bag order inside every key
+        per_key = torch.bincount(target, minlength=nkeys).tolist()
+        lens = torch.bincount(target * b + bag, minlength=nkeys * b).to(torch.int32)
+        sizes = [len(g) for g in groups]
+        vals = row[order].split([sum(per_key[a : a + n]) for a, n in zip(np.cumsum([0] + sizes[:-1]), sizes)])
+        lens_g = lens.split([n * b for n in sizes])
+        per_key_g = [per_key[a : a + n] for a, n in zip(np.cumsum([0] + sizes[:-1]).tolist(), sizes)]
+        values, lengths, lpk = vals[0], lens_g[0], per_key_g[0]
+        if small is not None:
+            values = torch.cat([small.values().to(torch.int64), values])
+            lengths = torch.cat([small.lengths().to(torch.int32), lengths])
+            lpk = small.length_per_key() + lpk
+        pooled = self.ebc(KeyedJaggedTensor(keys=self.small + self._wide, values=values, lengths=lengths,
+                                            length_per_key=lpk)).to_dict()
+        pooled.update(self._narrow_all(groups[1:], vals[1:], lens_g[1:], per_key_g[1:], b))
         out = {n: pooled[n] for n in self.small}
+        params = self.projections._parameters  # one module lookup, not one per block (nn.Module.__getattr__ is slow)
         for name in self.big:
             keys = self.block_keys[name]
             # sum_k (B, d_k) @ (d_k, d): pooled per block first, projected once per bag
-            out[name] = project_sum([pooled[k] for k in keys], [self.projections[k] if k in self.projections else None
-                                                                for k in keys])
+            out[name] = project_sum([pooled[k] for k in keys], [params.get(k) for k in keys])
+        return out
+
+    def _locate_all(self, ids: torch.Tensor, fidx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``_locate`` for every compressed feature at once: ids (nnz,) local, fidx (nnz,) their
+        feature -> (block within the feature, row in the block), each (nnz,) int64. The heads'
+        sorted ids, shifted by each feature's id offset, form one sorted array (one search)."""
+        tail = self._tail_block[fidx]
+        if not self.rows_mode:
+            return torch.zeros_like(ids), ids
+        buffers = self._buffers  # one lookup, not two per feature
+        head = torch.cat([buffers[f"head_ids_{n}"] + self._id_start[j] for j, n in enumerate(self.big)])
+        if head.numel() == 0:
+            return tail, ids
+        rank_of = torch.cat([buffers[f"head_rank_{n}"] for n in self.big])
+        gid = ids + self._id_start[fidx]
+        pos = torch.searchsorted(head, gid).clamp(max=head.numel() - 1)
+        found = head[pos] == gid
+        rank = rank_of[pos].to(torch.int64)
+        within = torch.bucketize(fidx * self._span + rank, self._inner_bounds, right=True) - self._inner_before[fidx]
+        block = torch.where(found, within, tail)
+        row = torch.where(found, rank - self._bounds_flat[self._bounds_at[fidx] + block], ids)
+        return block, row
+
+    def _narrow_all(self, groups, vals, lens, per_key, b: int) -> Dict[str, torch.Tensor]:
+        """Pooled outputs of the packed blocks, one group per width (1, 2): one unpooled lookup
+        of their width-4 rows, the block's columns gathered per id, pooled: {key: (B, w)}."""
+        keys = [k for g in groups for k in g]
+        if self.packed is None or not keys:
+            return {}
+        looked = self.packed(KeyedJaggedTensor(
+            keys=keys, values=torch.cat([(v * w) // PACK for w, v in zip((1, 2), vals)]),
+            lengths=torch.cat(list(lens)), length_per_key=per_key[0] + per_key[1],
+        ))
+        out: Dict[str, torch.Tensor] = {}
+        for w, group, v, ln in zip((1, 2), groups, vals, lens):
+            if not group:
+                continue
+            cols = ((v * w) % PACK).unsqueeze(1) + torch.arange(w, device=v.device)  # (nnz_g, w)
+            rows = join_rows([looked[k].values() for k in group]).gather(1, cols)
+            out.update(zip(group, sum_pool(rows, ln).split(b)))  # (B, w) per key
         return out
 
 

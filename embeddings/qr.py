@@ -31,7 +31,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from compactrec.embeddings.accounting import FP32
 from compactrec.embeddings.base import (
-    CompressedEmbedding, full_config, is_local, kjt_from, split_features, sum_pool, table_device,
+    CompressedEmbedding, full_config, is_local, join_rows, split_features, split_kjt, sum_pool, table_device,
+    value_keys,
 )
 from compactrec.embeddings.budget import BudgetError, bisect, full_table_bytes
 from compactrec.trainer.config import QRConfig
@@ -110,22 +111,28 @@ class QREmbedding(CompressedEmbedding):
             return self._embed_fused(features)  # the fused op has mult and add
         from compactrec.kernels import qr_compose_pool
 
-        jts = features.to_dict()
+        small, big = split_kjt(features, self.small, self.big)
         out: Dict[str, torch.Tensor] = {}
         if self.full is not None:
-            out.update(self.full(KeyedJaggedTensor.from_jt_dict({n: jts[n] for n in self.small})).to_dict())
-        parts = {}
-        for j, name in enumerate(self.big):
-            ids, m = jts[name].values().to(torch.int64), self.collisions[j]
-            parts[f"{name}__q"] = (torch.div(ids, m, rounding_mode="floor"), jts[name].lengths())
-            parts[f"{name}__r"] = (ids % m, jts[name].lengths())
-        rows = self.ec(kjt_from(parts))
-        for name in self.big:
-            q, r = rows[f"{name}__q"].values(), rows[f"{name}__r"].values()  # (nnz, d) each
-            if self.operation == "concat":
-                out[name] = sum_pool(self.compose(q, r), jts[name].lengths())
-            else:  # compose per id, then pool, in one op (fused on GPU)
-                out[name] = qr_compose_pool(q, r, jts[name].offsets(), operation=self.operation)
+            out.update(self.full(small).to_dict())
+        if big is None:
+            return out
+        # Every compressed feature at once: one division, one lookup, one compose + pool
+        # over the F_c * B bags (key-major, as the KJT).
+        ids, lengths, per_key = big.values().to(torch.int64), big.lengths(), big.length_per_key()
+        m = self.collisions[value_keys(big)]  # (nnz,): m of each value's feature
+        rows = self.ec(KeyedJaggedTensor(
+            keys=[f"{n}__q" for n in self.big] + [f"{n}__r" for n in self.big],
+            values=torch.cat([torch.div(ids, m, rounding_mode="floor"), ids % m]),
+            lengths=torch.cat([lengths, lengths]), length_per_key=per_key * 2,
+        ))
+        q = join_rows([rows[f"{n}__q"].values() for n in self.big])  # (nnz, d)
+        r = join_rows([rows[f"{n}__r"].values() for n in self.big])
+        if self.operation == "concat":
+            pooled = sum_pool(self.compose(q, r), lengths)
+        else:  # compose per id, then pool, in one op (fused on GPU)
+            pooled = qr_compose_pool(q, r, big.offsets(), operation=self.operation)
+        out.update(zip(self.big, pooled.split(big.stride())))  # (B, d) per feature
         return out
 
 

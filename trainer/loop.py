@@ -41,6 +41,7 @@ from compactrec.trainer.optim import apply_sparse_optimizer
 from compactrec.trainer.features import trainable_schema
 from compactrec.trainer.best import BEST_DIR, CTR_KEYS, eval_entry, is_better
 from compactrec.trainer.schedule import LrScheduler, is_constant
+from compactrec.trainer.pipeline import train_step
 
 ProgressFactory = Callable[..., Any]  # tqdm-like: (total=, desc=, disable=) -> bar
 EXACT_EVAL_ROWS = 4_000_000  # above: binned AUC from merged histograms instead of gathering rows
@@ -373,12 +374,7 @@ def train(
             for batch in train_reader.epoch(epoch, cursor):
                 if schedule is not None:
                     lr = schedule.set_step(state.step)
-                # zero_grad before the forward: it hands the tables' fused optimizer its lr, which
-                # FBGEMM's lookup takes in the forward for the update inside backward
-                engine.zero_grad()
-                loss, _ = engine.forward(batch.to(env.device))
-                engine.backward(loss)
-                engine.step()
+                loss = train_step(engine, batch, env.device)
                 state.step += 1
                 state.samples += samples_per_step
                 run_steps += 1

@@ -288,11 +288,17 @@ class ParquetReader:
 
     def _to_batch(self, segments: List[Segment], num_valid: int = -1) -> Batch:
         labels, dense, values, lengths = gather(segments, self._multi_hot)
+        features = len(self.schema.sparse)
         if lengths is None:  # all one-hot: reuse one lengths tensor of ones
             t_lengths = self._ones if values.shape[0] == self._ones.shape[0] else torch.ones(values.shape[0], dtype=torch.int32)
+            per_key = [values.shape[0] // features] * features
         else:
             t_lengths = torch.from_numpy(lengths)
-        kjt = KeyedJaggedTensor(keys=self.schema.sparse_names, values=torch.from_numpy(values), lengths=t_lengths)
+            per_key = lengths.reshape(features, -1).sum(1).tolist()
+        # values per key, known here on the host: TorchRec would otherwise sum the lengths
+        # on the device and read them back in every sharded lookup's input distribution
+        kjt = KeyedJaggedTensor(keys=self.schema.sparse_names, values=torch.from_numpy(values), lengths=t_lengths,
+                                length_per_key=per_key)
         return Batch(
             dense_features=torch.from_numpy(dense),
             sparse_features=kjt,

@@ -77,6 +77,19 @@ def test_kjt_matches_the_parquet_rows(tiny_multihot_data: Path):
     assert b.labels.tolist() == [float(x) for x in table.column("label").to_pylist()[:50]]
 
 
+@pytest.mark.parametrize("data", ["tiny_data", "tiny_multihot_data"])
+def test_kjt_values_per_key_match_its_lengths(data: str, request):
+    """The reader hands TorchRec each key's value count (length_per_key): it must be what
+    the lengths say, one-hot or multi-hot, and split the values into the Parquet columns."""
+    root = request.getfixturevalue(data)
+    m = read_manifest(root)
+    table = pq.read_table(root / m.splits["train"].files[0])
+    kjt = next(iter(_reader(root, batch_size=50))).sparse_features
+    want = kjt.lengths().view(len(kjt.keys()), -1).sum(1).tolist()
+    assert kjt.length_per_key() == want
+    assert kjt.to_dict()["cat_1"].values().tolist() == table.column("cat_1").to_pylist()[:50]
+
+
 def test_multi_hot_shuffle_keeps_bags_whole(tiny_multihot_data: Path):
     r = _reader(tiny_multihot_data, batch_size=4096, shuffle=True)
     b = next(iter(r.epoch(0)))
