@@ -14,18 +14,20 @@ import pytest
 
 from compactrec.data.datasets.cli import add_parser
 from compactrec.data.datasets.flights import (
-    DENSE, SPARSE, FlightsDataError, convert_flights, flight_rows, hex_codes, read_flights, split_bounds,
+    DENSE, SPARSE, WEATHER, FlightsDataError, convert_flights, flight_rows, hex_codes, read_flights, read_weather,
+    split_bounds,
 )
 from compactrec.data.reader.manifest import read_manifest
 
 ROWS = 4000  # the first rows of the file: 1-2 January 2013
+ALL_DENSE = (*DENSE, *(w[0] for w in WEATHER))
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("flights") / "data"
     manifest = convert_flights(out, limit=ROWS)
-    return out, manifest, flight_rows(read_flights(limit=ROWS))
+    return out, manifest, flight_rows(read_flights(limit=ROWS), read_weather())
 
 
 def _split_table(out: Path, manifest, split: str):
@@ -52,6 +54,20 @@ def test_rows_are_in_time_order_and_the_label_is_arrdel15():
     assert rows["label"].sum() == int(np.sum(delay[~np.isnan(delay)] >= 15))
 
 
+def test_weather_is_the_origins_in_the_scheduled_hour():
+    table, weather = read_flights(limit=ROWS), read_weather()
+    rows = flight_rows(table, weather)
+    w = weather.to_pylist()
+    at = {(r["origin"], r["month"], r["day"], r["hour"]): r for r in reversed(w)}  # first row wins
+    for k in (0, 777, 2500):
+        hour = rows["sched_dep_minute"][k] // 60
+        src = at.get((rows["origin"][k], int(rows["month"][k]), int(rows["day"][k]), int(hour)))
+        for name, scale, shift in WEATHER:
+            want = -1 if src is None or src[name] is None else round(src[name] * scale + shift)
+            assert rows[name][k] == want, (k, name)
+    assert (rows["temp"] >= 0).mean() > 0.95  # almost every hour has a record
+
+
 def test_split_is_six_sevenths_then_two_fourteenths():
     assert split_bounds(140) == [("train", 0, 120), ("val", 120, 130), ("test", 130, 140)]
     assert split_bounds(145)[0] == ("train", 0, 125)
@@ -65,7 +81,8 @@ def test_hex_codes_are_injective_and_empty_stays_empty():
 def test_manifest_keeps_the_columns_with_data(built):
     out, manifest, rows = built
     assert manifest.schema.sparse_names == [f"cat_{i}" for i in range(len(SPARSE))]
-    assert list(manifest.schema.dense) == [f"int_{i}" for i in range(len(DENSE))]
+    assert list(manifest.schema.dense) == [f"int_{i}" for i in range(len(ALL_DENSE))]
+    assert manifest.stats["features"]["int_4"] == "temp"
     bounds = split_bounds(len(rows["label"]))
     assert {s: manifest.splits[s].rows for s in ("train", "val", "test")} == {s: b - a for s, a, b in bounds}
     assert manifest.stats["features"]["cat_2"] == "tailnum"
@@ -82,8 +99,10 @@ def test_every_row_matches_its_source(built):
     for split, a, b in bounds:
         t = _split_table(out, manifest, split)
         assert np.array_equal(t.column("label").to_numpy(), rows["label"][a:b]), split
-        for j, n in enumerate(DENSE):
-            assert np.array_equal(t.column(f"int_{j}").to_numpy(), rows[n][a:b]), (split, n)
+        for j, n in enumerate(ALL_DENSE):
+            got = t.column(f"int_{j}").to_numpy(zero_copy_only=False)  # null (unknown) -> NaN
+            want = rows[n][a:b].astype(float)
+            assert np.array_equal(got, np.where(want < 0, np.nan, want), equal_nan=True), (split, n)
         for j, n in enumerate(SPARSE):
             _check_ids(t.column(f"cat_{j}").to_numpy(), rows[n][a:b], train_counts[n],
                        manifest.schema.sparse[j].cardinality, f"{split} {n}")
