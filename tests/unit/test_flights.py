@@ -15,7 +15,7 @@ import pytest
 from compactrec.data.datasets.cli import add_parser
 from compactrec.data.datasets.flights import (
     DENSE, SPARSE, WEATHER, FlightsDataError, convert_flights, flight_rows, hex_codes, read_flights, read_weather,
-    split_bounds,
+    split_bounds, split_order,
 )
 from compactrec.data.reader.manifest import read_manifest
 
@@ -92,19 +92,23 @@ def test_manifest_keeps_the_columns_with_data(built):
 
 
 def test_every_row_matches_its_source(built):
-    """Shards keep the input's (time) order: row r of a split is source row a + r."""
+    """Row r of val / test is source row a + r (time order); train rows are the source's
+    train rows permuted once with the seed (the converter keeps input order)."""
     out, manifest, rows = built
     bounds = split_bounds(len(rows["label"]))
     train_counts = {n: Counter(rows[n][: bounds[0][2]].tolist()) for n in SPARSE}
     for split, a, b in bounds:
         t = _split_table(out, manifest, split)
-        assert np.array_equal(t.column("label").to_numpy(), rows["label"][a:b]), split
+        order = split_order(split, a, b, 0)
+        assert sorted(order.tolist()) == list(range(a, b)) and (split == "train") != np.array_equal(order, np.arange(a, b))
+        rows_here = {k: v[order] for k, v in rows.items()}
+        assert np.array_equal(t.column("label").to_numpy(), rows_here["label"]), split
         for j, n in enumerate(ALL_DENSE):
             got = t.column(f"int_{j}").to_numpy(zero_copy_only=False)  # null (unknown) -> NaN
-            want = rows[n][a:b].astype(float)
+            want = rows_here[n].astype(float)
             assert np.array_equal(got, np.where(want < 0, np.nan, want), equal_nan=True), (split, n)
         for j, n in enumerate(SPARSE):
-            _check_ids(t.column(f"cat_{j}").to_numpy(), rows[n][a:b], train_counts[n],
+            _check_ids(t.column(f"cat_{j}").to_numpy(), rows_here[n], train_counts[n],
                        manifest.schema.sparse[j].cardinality, f"{split} {n}")
 
 
