@@ -19,7 +19,7 @@ from compactrec.embeddings.full import build_full
 from compactrec.embeddings.hashing_trick import HashEmbedding, HashPlan
 from compactrec.embeddings.memcom import MemComEmbedding, MemComPlan
 from compactrec.embeddings.mixed_dim import MixedDimEmbedding, _Blocks
-from compactrec.embeddings.qr import QREmbedding, QRPlan
+from compactrec.embeddings.qr import QREmbedding, QRPlan, scatter_multiplier
 from compactrec.trainer.config import (
     CompressionConfig,
     HashConfig,
@@ -94,16 +94,37 @@ def test_hash_identity_with_enough_rows_is_the_full_table():
     _close(emb(kjt), full(kjt))
 
 
-def test_qr_with_one_collision_is_the_full_table():
+@pytest.mark.parametrize("scatter", [True, False])
+def test_qr_with_one_collision_is_the_full_table(scatter: bool):
     full = _full_with_weights()
-    emb = QREmbedding(SCHEMA, DIM, QRConfig(operation="mult"), QRPlan({"b": 1, "c": 1}), SMALL)
+    emb = QREmbedding(SCHEMA, DIM, QRConfig(operation="mult", scatter=scatter), QRPlan({"b": 1, "c": 1}), SMALL)
     with torch.no_grad():
         emb.full.embedding_bags["t_a"].weight.copy_(_weights(full, "a"))
-        for f in ("b", "c"):
-            emb.ec.embeddings[f"qr_q_{f}"].weight.copy_(_weights(full, f))
+        for j, f in enumerate(("b", "c")):
+            w = _weights(full, f)
+            rows = emb.scattered(j, torch.arange(w.shape[0]))  # id i lives in W_q row s(i)
+            emb.ec.embeddings[f"qr_q_{f}"].weight[rows] = w
             emb.ec.embeddings[f"qr_r_{f}"].weight.fill_(1.0)
     kjt = _random_bags(7, 4, 1)
     _close(emb(kjt), full(kjt))
+
+
+@pytest.mark.parametrize("n", [3, 10, 50, 97, 1000, 5074])
+def test_qr_scatter_is_a_bijection_that_parts_neighbouring_ids(n: int):
+    a = scatter_multiplier(n)
+    s = np.arange(n) * a % n
+    assert sorted(s.tolist()) == list(range(n))  # (q, r) stays unique per id
+    m = max(1, round(n ** 0.5))
+    head = s[:m] // m  # the m first ids (the most frequent under a frequency map)
+    assert len(set(head.tolist())) >= 0.6 * m  # without scatter they would all share W_q row 0
+    assert len(set((np.arange(m) // m).tolist())) == 1
+
+
+def test_qr_without_scatter_indexes_by_raw_id():
+    emb = QREmbedding(SCHEMA, DIM, QRConfig(scatter=False), QRPlan({"b": 4, "c": 4}), SMALL)
+    ids = torch.arange(50)
+    assert torch.equal(emb.scattered(0, ids), ids)
+    assert not torch.equal(QREmbedding(SCHEMA, DIM, QRConfig(), QRPlan({"b": 4, "c": 4}), SMALL).scattered(0, ids), ids)
 
 
 def test_memcom_with_unit_scales_and_enough_rows_is_the_full_table():
@@ -197,8 +218,10 @@ def test_qr_differs_from_pool_then_compose():
             p.normal_()
     kjt = _kjt({"a": [[0]], "b": [[1, 6]], "c": [[2]]})
     q, r = emb.ec.embeddings["qr_q_b"].weight, emb.ec.embeddings["qr_r_b"].weight
-    pooled_first = (q[0] + q[1]) * (r[1] + r[2])
-    per_id = q[0] * r[1] + q[1] * r[2]
+    (q1, q6), (r1, r6) = (emb.scattered(0, torch.tensor([1, 6])).div(4, rounding_mode="floor").tolist(),
+                          (emb.scattered(0, torch.tensor([1, 6])) % 4).tolist())
+    pooled_first = (q[q1] + q[q6]) * (r[r1] + r[r6])
+    per_id = q[q1] * r[r1] + q[q6] * r[r6]
     torch.testing.assert_close(emb(kjt)["b"][0], per_id)
     assert not torch.allclose(per_id, pooled_first)
 
