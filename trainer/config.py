@@ -108,7 +108,7 @@ class MemComConfig:
     rows: Optional[int] = None  # m per feature; None: from `compression`
     hash: str = "splitmix64"  # splitmix64 | identity
     seed: int = 0
-    scale_init: float = 1.0  # w starts at 1: the start is a plain hashed table
+    scale_init: float = 0.0  # w starts at 0: an entity no step trained embeds to 0, as a full table's untrained row (1: a plain hashed table)
     bias: bool = False  # optional per-entity scalar bias b[i] added to every dimension
     pack: int = 4  # entities' scalars per row of the scale table (FBGEMM wants dims % 4 == 0)
 

@@ -129,7 +129,7 @@ def test_qr_without_scatter_indexes_by_raw_id():
 
 def test_memcom_with_unit_scales_and_enough_rows_is_the_full_table():
     full = _full_with_weights()
-    emb = MemComEmbedding(SCHEMA, DIM, MemComConfig(hash="identity"), MemComPlan({"b": 50, "c": 37}), SMALL)
+    emb = MemComEmbedding(SCHEMA, DIM, MemComConfig(hash="identity", scale_init=1.0), MemComPlan({"b": 50, "c": 37}), SMALL)
     with torch.no_grad():
         emb.full.embedding_bags["t_a"].weight.copy_(_weights(full, "a"))
         for f in ("b", "c"):
@@ -231,7 +231,7 @@ def test_qr_differs_from_pool_then_compose():
 KINDS = [
     ("hash", {"hash": HashConfig(rows=7)}),
     ("qr", {"qr": QRConfig(collisions=4)}),
-    ("memcom", {"memcom": MemComConfig(rows=5, bias=True)}),
+    ("memcom", {"memcom": MemComConfig(rows=5, bias=True, scale_init=1.0)}),  # default w = 0: tested below
     ("mixed_dim", {"mixed_dim": MixedDimConfig(alpha=0.8, num_blocks=3)}),
     ("mixed_dim", {"mixed_dim": MixedDimConfig(blocks="table", alpha=0.8, threshold=SMALL)}),
 ]
@@ -245,6 +245,26 @@ def test_gradients_reach_every_parameter(kind: str, sub: Dict):
     (emb(kjt).values() * torch.randn(kjt.stride(), 3 * DIM)).sum().backward()
     for name, p in emb.named_parameters():
         assert p.grad is not None and bool(p.grad.abs().sum() > 0), f"{kind}: no gradient reaches {name}"
+
+
+def test_memcom_default_scales_start_at_zero_and_every_parameter_moves_in_two_steps():
+    """w = 0: an entity no step trained embeds to 0 (a full table's untrained row is ~0), and
+    the shared rows E start learning once the first step has moved w."""
+    torch.manual_seed(0)
+    emb = build_embeddings(_emb_cfg("memcom", {"memcom": MemComConfig(rows=5)}), CompressionConfig(), SCHEMA, DIM)
+    assert MemComConfig().scale_init == 0.0
+    kjt = _all_ids_kjt()
+    out = emb(kjt).to_dict()
+    assert float(out["b"].abs().sum()) == 0.0 and float(out["c"].abs().sum()) == 0.0
+    before = {n: p.detach().clone() for n, p in emb.named_parameters()}
+    opt = torch.optim.Adagrad(emb.parameters(), lr=0.1)
+    target = torch.randn(kjt.stride(), 3 * DIM)
+    for _ in range(2):
+        opt.zero_grad()
+        (emb(kjt).values() * target).sum().backward()
+        opt.step()
+    for name, p in emb.named_parameters():
+        assert not torch.equal(p.detach(), before[name]), f"memcom: {name} did not move in two steps"
 
 
 @pytest.mark.parametrize("kind,sub", KINDS)
