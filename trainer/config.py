@@ -87,6 +87,7 @@ class HashConfig:
     rows: Optional[int] = None  # rows per feature; None: from `compression`
     hash: str = "splitmix64"  # splitmix64 | identity (tests: identity with rows >= N is a full table)
     seed: int = 0
+    reserve_unseen: bool = False  # ids no training forward looked up read a reserved, untrained row (N bits; embeddings/seen.py)
 
 
 @dataclass
@@ -96,6 +97,8 @@ class QRConfig:
     operation: str = "mult"  # mult | add | concat
     collisions: Optional[int] = None  # m (remainder rows); None: from `compression`
     remainder_init: float = 0.01  # mult: W_r ~ U(1 - x, 1 + x) starts near a plain table
+    scatter: bool = True  # ids -> a*i mod N first (a ~ 0.618 N, coprime): a W_q row is not m frequency-adjacent ids
+    reserve_unseen: bool = False  # ids no training forward looked up read a reserved W_q row (N bits; embeddings/seen.py)
 
 
 @dataclass
@@ -105,7 +108,7 @@ class MemComConfig:
     rows: Optional[int] = None  # m per feature; None: from `compression`
     hash: str = "splitmix64"  # splitmix64 | identity
     seed: int = 0
-    scale_init: float = 1.0  # w starts at 1: the start is a plain hashed table
+    scale_init: float = 0.0  # w starts at 0: an entity no step trained embeds to 0, as a full table's untrained row (1: a plain hashed table)
     bias: bool = False  # optional per-entity scalar bias b[i] added to every dimension
     pack: int = 4  # entities' scalars per row of the scale table (FBGEMM wants dims % 4 == 0)
 
@@ -133,6 +136,7 @@ class CafeConfig:
     slots: int = 4  # slots per sketch bucket
     importance: str = "grad_norm"  # grad_norm | count
     levels: int = 1  # hash tables combined (summed) for non-hot ids: 1 = CAFE, >1 = multi-level
+    reserve_unseen: bool = False  # ids no training forward looked up read reserved hash rows (N bits; embeddings/seen.py)
     seed: int = 0
 
 

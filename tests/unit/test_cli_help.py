@@ -11,7 +11,7 @@ import pytest
 
 HEAVY = ("torch", "torchrec", "fbgemm_gpu", "ray", "pyarrow", "numpy", "pandas", "matplotlib")
 COMMANDS = [[], ["train"], ["sweep"], ["submit"], ["plan"], ["convert"], ["convert", "criteo"],
-            ["convert", "criteo-count"], ["data"], ["data", "movielens"], ["data", "inspect"], ["synth"]]
+            ["convert", "criteo-count"], ["data"], ["data", "movielens"], ["data", "flights"], ["data", "inspect"], ["synth"]]
 # Runs the CLI's parser in a fresh interpreter and prints, at exit, which heavy packages it loaded.
 PROBE = (
     "import atexit, sys; atexit.register(lambda: print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1].split(','))), file=sys.stderr)); "

@@ -18,7 +18,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
 from compactrec.embeddings.factory import build_embeddings
-from compactrec.trainer.config import CafeConfig, CompressionConfig, EmbeddingConfig
+from compactrec.trainer.config import CafeConfig, CompressionConfig, EmbeddingConfig, HashConfig, QRConfig
 from tests.device_audit import AUDIT_DEVICE, DeviceAudit, Tagged
 
 SCHEMA = FeatureSchema(
@@ -50,10 +50,12 @@ def _kjt(seed: int, batch: int = 16) -> KeyedJaggedTensor:
     )
 
 
-def _build(kind: str):
+def _build(kind: str, reserve: bool = False):
     """Under the audit: the method on the audit device. TorchRec leaves tables built on meta
-    uninitialised (DMP fills them), so they get values here."""
-    cfg = EmbeddingConfig(kind=kind, small_field_rows=10, cafe=CafeConfig(threshold=0.5, importance="grad_norm"))
+    uninitialised (DMP fills them), so they get values here. ``reserve``: reserve_unseen on."""
+    cfg = EmbeddingConfig(kind=kind, small_field_rows=10, hash=HashConfig(reserve_unseen=reserve),
+                          qr=QRConfig(reserve_unseen=reserve),
+                          cafe=CafeConfig(threshold=0.5, importance="grad_norm", reserve_unseen=reserve))
     emb = build_embeddings(cfg, CompressionConfig(ratio=3.0), SCHEMA, DIM, device=AUDIT_DEVICE, counts=_counts)
     with torch.no_grad():
         for p in emb.parameters():
@@ -85,6 +87,21 @@ def test_forward_and_backward_stay_on_the_device(kind: str, fused: bool):
             out.square().sum().backward()
         if kind == "cafe":
             assert emb.flush() >= 0 and int((emb.sketch.owner >= 0).sum()) > 0  # promotions ran
+    assert audit.mixed == [], audit.mixed
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "collections"])
+@pytest.mark.parametrize("kind", ["hash", "qr", "cafe"])
+def test_reserved_rows_for_unseen_ids_stay_on_the_device(kind: str, fused: bool):
+    """reserve_unseen: marking in training forwards, routing of never-seen ids in eval."""
+    with DeviceAudit() as audit:
+        emb = _build(kind, reserve=True)
+        emb.fused = fused
+        emb.train()
+        emb(_kjt(0)).values().square().sum().backward()
+        emb.eval()
+        out = emb(_kjt(7)).values()  # other ids: some never marked
+        assert isinstance(out, Tagged) and out.shape == (16, DIM * len(SCHEMA.sparse))
     assert audit.mixed == [], audit.mixed
 
 

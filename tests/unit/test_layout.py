@@ -21,7 +21,8 @@ def _tracked() -> list:
 
 def test_data_pipeline_is_compactrec_data():
     for name in ("reader.parquet", "reader.manifest", "reader.batch", "reader.columns", "reader.prefetch",
-                 "convert.criteo_convert", "convert.cli", "datasets.synthetic", "datasets.movielens"):
+                 "convert.criteo_convert", "convert.cli", "datasets.synthetic", "datasets.movielens",
+                 "datasets.flights"):
         importlib.import_module(f"compactrec.data.{name}")
     assert not (REPO / "trainer" / "data").exists()
 

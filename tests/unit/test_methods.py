@@ -19,7 +19,7 @@ from compactrec.embeddings.full import build_full
 from compactrec.embeddings.hashing_trick import HashEmbedding, HashPlan
 from compactrec.embeddings.memcom import MemComEmbedding, MemComPlan
 from compactrec.embeddings.mixed_dim import MixedDimEmbedding, _Blocks
-from compactrec.embeddings.qr import QREmbedding, QRPlan
+from compactrec.embeddings.qr import QREmbedding, QRPlan, scatter_multiplier
 from compactrec.trainer.config import (
     CompressionConfig,
     HashConfig,
@@ -94,21 +94,42 @@ def test_hash_identity_with_enough_rows_is_the_full_table():
     _close(emb(kjt), full(kjt))
 
 
-def test_qr_with_one_collision_is_the_full_table():
+@pytest.mark.parametrize("scatter", [True, False])
+def test_qr_with_one_collision_is_the_full_table(scatter: bool):
     full = _full_with_weights()
-    emb = QREmbedding(SCHEMA, DIM, QRConfig(operation="mult"), QRPlan({"b": 1, "c": 1}), SMALL)
+    emb = QREmbedding(SCHEMA, DIM, QRConfig(operation="mult", scatter=scatter), QRPlan({"b": 1, "c": 1}), SMALL)
     with torch.no_grad():
         emb.full.embedding_bags["t_a"].weight.copy_(_weights(full, "a"))
-        for f in ("b", "c"):
-            emb.ec.embeddings[f"qr_q_{f}"].weight.copy_(_weights(full, f))
+        for j, f in enumerate(("b", "c")):
+            w = _weights(full, f)
+            rows = emb.scattered(j, torch.arange(w.shape[0]))  # id i lives in W_q row s(i)
+            emb.ec.embeddings[f"qr_q_{f}"].weight[rows] = w
             emb.ec.embeddings[f"qr_r_{f}"].weight.fill_(1.0)
     kjt = _random_bags(7, 4, 1)
     _close(emb(kjt), full(kjt))
 
 
+@pytest.mark.parametrize("n", [3, 10, 50, 97, 1000, 5074])
+def test_qr_scatter_is_a_bijection_that_parts_neighbouring_ids(n: int):
+    a = scatter_multiplier(n)
+    s = np.arange(n) * a % n
+    assert sorted(s.tolist()) == list(range(n))  # (q, r) stays unique per id
+    m = max(1, round(n ** 0.5))
+    head = s[:m] // m  # the m first ids (the most frequent under a frequency map)
+    assert len(set(head.tolist())) >= 0.6 * m  # without scatter they would all share W_q row 0
+    assert len(set((np.arange(m) // m).tolist())) == 1
+
+
+def test_qr_without_scatter_indexes_by_raw_id():
+    emb = QREmbedding(SCHEMA, DIM, QRConfig(scatter=False), QRPlan({"b": 4, "c": 4}), SMALL)
+    ids = torch.arange(50)
+    assert torch.equal(emb.scattered(0, ids), ids)
+    assert not torch.equal(QREmbedding(SCHEMA, DIM, QRConfig(), QRPlan({"b": 4, "c": 4}), SMALL).scattered(0, ids), ids)
+
+
 def test_memcom_with_unit_scales_and_enough_rows_is_the_full_table():
     full = _full_with_weights()
-    emb = MemComEmbedding(SCHEMA, DIM, MemComConfig(hash="identity"), MemComPlan({"b": 50, "c": 37}), SMALL)
+    emb = MemComEmbedding(SCHEMA, DIM, MemComConfig(hash="identity", scale_init=1.0), MemComPlan({"b": 50, "c": 37}), SMALL)
     with torch.no_grad():
         emb.full.embedding_bags["t_a"].weight.copy_(_weights(full, "a"))
         for f in ("b", "c"):
@@ -197,8 +218,10 @@ def test_qr_differs_from_pool_then_compose():
             p.normal_()
     kjt = _kjt({"a": [[0]], "b": [[1, 6]], "c": [[2]]})
     q, r = emb.ec.embeddings["qr_q_b"].weight, emb.ec.embeddings["qr_r_b"].weight
-    pooled_first = (q[0] + q[1]) * (r[1] + r[2])
-    per_id = q[0] * r[1] + q[1] * r[2]
+    (q1, q6), (r1, r6) = (emb.scattered(0, torch.tensor([1, 6])).div(4, rounding_mode="floor").tolist(),
+                          (emb.scattered(0, torch.tensor([1, 6])) % 4).tolist())
+    pooled_first = (q[q1] + q[q6]) * (r[r1] + r[r6])
+    per_id = q[q1] * r[r1] + q[q6] * r[r6]
     torch.testing.assert_close(emb(kjt)["b"][0], per_id)
     assert not torch.allclose(per_id, pooled_first)
 
@@ -208,7 +231,7 @@ def test_qr_differs_from_pool_then_compose():
 KINDS = [
     ("hash", {"hash": HashConfig(rows=7)}),
     ("qr", {"qr": QRConfig(collisions=4)}),
-    ("memcom", {"memcom": MemComConfig(rows=5, bias=True)}),
+    ("memcom", {"memcom": MemComConfig(rows=5, bias=True, scale_init=1.0)}),  # default w = 0: tested below
     ("mixed_dim", {"mixed_dim": MixedDimConfig(alpha=0.8, num_blocks=3)}),
     ("mixed_dim", {"mixed_dim": MixedDimConfig(blocks="table", alpha=0.8, threshold=SMALL)}),
 ]
@@ -222,6 +245,26 @@ def test_gradients_reach_every_parameter(kind: str, sub: Dict):
     (emb(kjt).values() * torch.randn(kjt.stride(), 3 * DIM)).sum().backward()
     for name, p in emb.named_parameters():
         assert p.grad is not None and bool(p.grad.abs().sum() > 0), f"{kind}: no gradient reaches {name}"
+
+
+def test_memcom_default_scales_start_at_zero_and_every_parameter_moves_in_two_steps():
+    """w = 0: an entity no step trained embeds to 0 (a full table's untrained row is ~0), and
+    the shared rows E start learning once the first step has moved w."""
+    torch.manual_seed(0)
+    emb = build_embeddings(_emb_cfg("memcom", {"memcom": MemComConfig(rows=5)}), CompressionConfig(), SCHEMA, DIM)
+    assert MemComConfig().scale_init == 0.0
+    kjt = _all_ids_kjt()
+    out = emb(kjt).to_dict()
+    assert float(out["b"].abs().sum()) == 0.0 and float(out["c"].abs().sum()) == 0.0
+    before = {n: p.detach().clone() for n, p in emb.named_parameters()}
+    opt = torch.optim.Adagrad(emb.parameters(), lr=0.1)
+    target = torch.randn(kjt.stride(), 3 * DIM)
+    for _ in range(2):
+        opt.zero_grad()
+        (emb(kjt).values() * target).sum().backward()
+        opt.step()
+    for name, p in emb.named_parameters():
+        assert not torch.equal(p.detach(), before[name]), f"memcom: {name} did not move in two steps"
 
 
 @pytest.mark.parametrize("kind,sub", KINDS)
