@@ -60,6 +60,19 @@ def current_env(device_pref: str = "auto") -> DistEnv:
     )
 
 
+def node_id() -> str:
+    """The node this process runs on: Ray's node id inside a Ray worker (two Ray nodes on one
+    machine are two nodes), else the host name."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # Ray missing or not started here: the host is the node
+        pass
+    return socket.gethostname()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -21,7 +21,8 @@ from torch import nn
 from compactrec.embeddings.accounting import embedding_report
 from compactrec.embeddings.base import tables_on
 from compactrec.embeddings.factory import build_embeddings
-from compactrec.sharding.env import DistEnv, all_gather_object, all_reduce_sum
+from compactrec.sharding.env import DistEnv, all_gather_object, all_reduce_sum, node_id
+from compactrec.sharding.planner import local_world_size_of_job
 from compactrec.sharding.shard import shard_model
 from compactrec.trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint, step_dir
 from compactrec.trainer.config import RunConfig, config_to_dict, save_config
@@ -428,6 +429,8 @@ def train(
             "steps": state.step,
             "samples": state.samples,
             "world_size": env.world_size,
+            "local_world_size": local_world_size_of_job(env.world_size),  # ranks per host, as planned
+            "nodes": len(set(all_gather_object(node_id()))),  # distinct Ray nodes (or hosts) of the ranks
             "train_seconds": train_seconds,
             "samples_per_s": run_steps * samples_per_step / train_seconds if train_seconds > 0 else 0.0,
             "train_loss": window.last,  # mean over the last log window, every rank

@@ -64,21 +64,24 @@ def _cluster_python(root: Path) -> Path:
 
 
 @contextmanager
-def ray_head(python: Path, workdir: Path, temp: Optional[Path] = None) -> Iterator[Tuple[str, Path]]:
-    """``ray start --head --block`` on loopback with free ports; yields (dashboard URL, Ray's
-    temp dir, default a new one). Stops every process it started, by id (``ray stop`` would
+def ray_head(python: Path, workdir: Path, temp: Optional[Path] = None, num_cpus: int = 4,
+             gcs_port: int = 0, node_ip: str = "") -> Iterator[Tuple[str, Path]]:
+    """``ray start --head --block`` on loopback with free ports (the GCS on ``gcs_port`` if
+    given, the node named ``node_ip`` if given) and ``num_cpus`` CPUs; yields (dashboard URL,
+    Ray's temp dir, default a new one). Stops every process it started, by id (``ray stop`` would
     stop every Ray cluster on the machine, other people's included)."""
     temp = temp or Path(tempfile.mkdtemp(prefix="cr-ray-", dir="/tmp"))  # Ray's socket paths must stay short
     dashboard = _free_port()
     ports = {
-        "--port": _free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": _free_port(),
+        "--port": gcs_port or _free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": _free_port(),
         "--dashboard-agent-listen-port": _free_port(), "--dashboard-agent-grpc-port": _free_port(),
         "--metrics-export-port": _free_port(), "--runtime-env-agent-port": _free_port(),
     }
     # The dashboard, the one port the test talks to, listens on loopback only. (Ray 2.60 names
     # the node by the machine's address even when given --node-ip-address=127.0.0.1.)
-    cmd = [str(python), "-m", "ray.scripts.scripts", "start", "--head", "--block", "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=4", "--num-gpus=0",
-           "--disable-usage-stats", f"--temp-dir={temp}", *(f"{k}={v}" for k, v in ports.items())]
+    cmd = [str(python), "-m", "ray.scripts.scripts", "start", "--head", "--block", "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--num-cpus={num_cpus}", "--num-gpus=0",
+           "--disable-usage-stats", f"--temp-dir={temp}", *(f"{k}={v}" for k, v in ports.items()),
+           *([f"--node-ip-address={node_ip}"] if node_ip else [])]
     env = _env(PATH=f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}")  # `python` in jobs = this one
     log = open(workdir / "ray-head.log", "w")
     head = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
