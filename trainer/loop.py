@@ -53,13 +53,19 @@ def checkpoint_root(cfg: RunConfig) -> Path:
     return Path(cfg.trainer.checkpoint_dir) if cfg.trainer.checkpoint_dir else run_dir(cfg) / "checkpoints"
 
 
-def build_train_model(cfg: RunConfig, manifest: Manifest, device: Optional[torch.device] = None) -> nn.Module:
-    """The unsharded ``DLRMTrain`` with its sparse optimizer attached (same on every rank)."""
+def build_train_model(
+    cfg: RunConfig, manifest: Manifest, device: Optional[torch.device] = None, env: Optional[DistEnv] = None
+) -> nn.Module:
+    """The unsharded ``DLRMTrain`` with its sparse optimizer attached (same on every rank).
+    ``env``: every rank of it builds at once (a collective: mixed_dim's id sample is read
+    once over the ranks, each its files, and merged); None: this process alone."""
     torch.manual_seed(cfg.trainer.seed)  # identical initial weights on every rank
     files = manifest.split_files(cfg.data.path, cfg.data.train_split)
+    rank, world = (env.rank, env.world_size) if env is not None else (0, 1)
     emb = build_embeddings(
         cfg.embedding, cfg.compression, manifest.schema, cfg.model.embedding_dim, device,
-        counts=lambda: count_ids(files, manifest.schema, cfg.embedding.mixed_dim.sample_rows),
+        counts=lambda: count_ids(files, manifest.schema, cfg.embedding.mixed_dim.sample_rows, rank, world,
+                                 all_gather_object),
     )
     model = build_model(cfg.model, emb, len(manifest.schema.dense), device)
     apply_sparse_optimizer(model, cfg.optim)
@@ -295,7 +301,7 @@ def train(
     # Tables on meta, the rest on the rank's device: DMP materialises only this rank's shards
     # (no host ever holds the whole model), dense parts and id maps are built where they run.
     with tables_on("meta"):
-        unsharded = build_train_model(cfg, manifest, env.device)
+        unsharded = build_train_model(cfg, manifest, env.device, env)
     sizes = embedding_report(
         embedding_module(unsharded),
         manifest.schema,

@@ -7,14 +7,17 @@ order, so the first rows of the first file are a biased sample). Counting is sor
 per row group (``np.unique``) merged into a running (ids, counts) pair per feature, so the
 memory of the count step grows with the distinct ids of the sample, not the cardinality
 (``np.bincount(ids, minlength=cardinality)`` per batch cost 320 MB per feature at 40M ids).
-Every rank reads the same row groups and gets the same counts, so id -> block maps agree
-across ranks without a collective.
+Across ranks (``count_ids(..., rank, world_size, gather)``, as training calls it) the sample
+is read once: rank r counts files r, r + W, ... and ``gather`` (an all-gather of objects)
+brings every rank's (ids, counts) to every rank, where they are merged. The merge is a sum,
+so every rank gets the same counts as one process reading every file (id -> block maps
+agree), and each file is read by one rank instead of all.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -58,16 +61,22 @@ def _ids_of(col: pa.Array, f: SparseFeature, path: str) -> np.ndarray:
     return ids
 
 
-def count_ids_sparse(files: Sequence[str], schema: FeatureSchema, max_rows: int) -> Dict[str, SparseCounts]:
+def count_ids_sparse(
+    files: Sequence[str], schema: FeatureSchema, max_rows: int, rank: int = 0, world_size: int = 1,
+    gather: Optional[Callable[[Any], List[Any]]] = None,
+) -> Dict[str, SparseCounts]:
     """Per sparse feature, (ids, occurrences) of the ids seen in a sample of about
     ``max_rows`` rows spread over ``files`` (each file ``max_rows / len(files)`` rows, from
-    evenly spaced row groups). Memory: the sample's distinct ids, never (cardinality,)."""
+    evenly spaced row groups). Memory: the sample's distinct ids, never (cardinality,).
+    With ``world_size`` > 1 this rank reads files ``rank::world_size`` and ``gather``
+    (every rank's object, in rank order) merges the ranks' counts: the same result on every
+    rank as one process reading every file."""
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     counts: Dict[str, SparseCounts] = {f.name: empty for f in schema.sparse}
     if not files:
         return counts
-    share = math.ceil(max_rows / len(files))
-    for path in files:
+    share = math.ceil(max_rows / len(files))  # of ALL files: a file's rows do not depend on the ranks
+    for path in files[rank::world_size]:
         pf = pq.ParquetFile(path)
         left = share
         for g in _sample_groups(pf, share):
@@ -79,13 +88,24 @@ def count_ids_sparse(files: Sequence[str], schema: FeatureSchema, max_rows: int)
             for f in schema.sparse:
                 ids = _ids_of(table.column(f.name).combine_chunks(), f, f"{path} row group {g}")
                 counts[f.name] = _merge(counts[f.name], np.unique(ids, return_counts=True))
+    if world_size > 1:
+        if gather is None:
+            raise ValueError("count_ids_sparse: world_size > 1 needs gather (an all-gather of objects)")
+        parts = gather(counts)
+        counts = {f.name: empty for f in schema.sparse}
+        for part in parts:  # a sum: the same merged counts whatever the ranks' order
+            for name, pair in part.items():
+                counts[name] = _merge(counts[name], pair)
     return counts
 
 
-def count_ids(files: Sequence[str], schema: FeatureSchema, max_rows: int) -> Dict[str, np.ndarray]:
+def count_ids(
+    files: Sequence[str], schema: FeatureSchema, max_rows: int, rank: int = 0, world_size: int = 1,
+    gather: Optional[Callable[[Any], List[Any]]] = None,
+) -> Dict[str, np.ndarray]:
     """``count_ids_sparse`` as dense (cardinality,) int64 arrays: what the MDE row-block
     builder takes today (this conversion, not the count, is cardinality-sized)."""
-    sparse, out = count_ids_sparse(files, schema, max_rows), {}
+    sparse, out = count_ids_sparse(files, schema, max_rows, rank, world_size, gather), {}
     for f in schema.sparse:
         ids, occ = sparse[f.name]
         dense = np.zeros(f.cardinality, dtype=np.int64)

@@ -54,3 +54,19 @@ def test_an_id_out_of_range_names_the_file_group_and_column(tmp_path: Path):
                    tmp_path / "bad.parquet")
     with pytest.raises(DataError, match=r"bad.parquet row group 0: column 'cat_0' holds id 2000 outside \[0, 1000\)"):
         count_ids([str(tmp_path / "bad.parquet")], SCHEMA, 10)
+
+
+def test_ranks_count_their_files_and_the_merge_equals_one_process(tmp_path: Path):
+    """3 ranks over 4 files: rank r reads files r, r + 3; the all-gathered merge is one
+    process's count, on every rank (so mixed_dim's id -> block maps agree)."""
+    for i in range(4):
+        _write(tmp_path / f"p{i}.parquet", 100 * i, 300, 64, i)
+    files = [str(tmp_path / f"p{i}.parquet") for i in range(4)]
+    alone = count_ids(files, SCHEMA, 800)
+    parts = [count_ids_sparse(files[r::3], SCHEMA, 800 * len(files[r::3]) // 4) for r in range(3)]
+    # each rank's own part is what it reads: rank 1 has only file 1's ids
+    assert set(np.unique(parts[1]["cat_0"][0] // 100)) == {1}
+    for r in range(3):
+        got = count_ids(files, SCHEMA, 800, rank=r, world_size=3, gather=lambda mine, r=r: parts[:r] + [mine] + parts[r + 1:])
+        for name in ("cat_0", "cat_1"):
+            np.testing.assert_array_equal(got[name], alone[name])
