@@ -12,9 +12,9 @@ so it keeps its init.
 
 The bits live in a persistent int64 buffer over the global id space (local id + the
 feature's offset), so checkpoints keep them. Under DMP each rank marks the ids of its own
-batches (TorchRec's data-parallel wrapper does not broadcast buffers): an id that one rank
-trained and another never saw is treated as new on the second. Frequent ids are on every
-rank; the rare ones are where sharing a row hurts least.
+batches (TorchRec's data-parallel wrapper does not broadcast buffers); the train loop ORs
+every rank's bits before each eval and checkpoint (``sharding/seen_sync.py``), so an id any
+rank trained is known to all there.
 
 Example::
 

@@ -23,6 +23,7 @@ from compactrec.embeddings.base import tables_on
 from compactrec.embeddings.factory import build_embeddings
 from compactrec.sharding.env import DistEnv, all_gather_object, all_reduce_sum, node_id
 from compactrec.sharding.planner import local_world_size_of_job
+from compactrec.sharding.seen_sync import seen_count, sync_seen
 from compactrec.sharding.shard import shard_model
 from compactrec.trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint, step_dir
 from compactrec.trainer.config import RunConfig, config_to_dict, save_config
@@ -137,6 +138,7 @@ def evaluate(
     in all, every rank's predictions are gathered and the AUC is exact; beyond (Criteo-TB's
     eval day), each rank sums a fixed-size histogram summary and one all_reduce merges them.
     ``forward`` (default ``model``): the dense engine's, which ZeRO-3 needs to gather weights."""
+    sync_seen(model)  # reserve_unseen: an id any rank trained is known on every rank
     model.eval()
     forward = forward or model
     labels, logits = [], []
@@ -366,6 +368,7 @@ def train(
 
     def checkpoint(epoch: int, cursor: Optional[Dict[str, Any]]) -> None:
         state.epoch, state.cursor = epoch, cursor
+        sync_seen(model)  # the saved bits: every rank's trained ids, not rank 0's alone
         path = save_checkpoint(ckpt_root, engine, state, keep=cfg.trainer.keep_checkpoints)
         if on_checkpoint is not None:
             on_checkpoint(path, {"step": state.step, "epoch": epoch})
@@ -448,6 +451,7 @@ def train(
             "device": env.device.type,
             "weights_digest": state_digest(model),
             **cafe_hot_ids(model),
+            "seen_ids": seen_count(model),  # reserve_unseen: ids marked as trained (0 when off)
             "resumed_from": str(resume) if resume is not None else None,
             **_data_stats(train_reader, eval_reader),
             "evals": state.evals,  # every evaluation: epoch, step, auc, logloss, ne
