@@ -10,8 +10,9 @@ autograd.Function -> public op):
   ``remap/`` (hash_remap): compose the rows TorchRec looked up (or remap the ids before it
   does), so they run in every training step, sharded or not; backward work and memory are
   proportional to the batch's ids (nnz x d);
-* ``hash_scale/``, ``qr/``, ``mixed_dim/``: take ids and whole tables and gather themselves
-  (unsharded tables only).
+* ``hash_scale/``, ``qr/``, ``mixed_dim/``, ``robe/`` (robe_bag): take ids and whole tables and
+  gather themselves (unsharded tables only); ``robe/`` also holds robe_rows, the hash in front
+  of a sharded ROBE lookup.
 A folder never shares its name with a public op: importing ``compactrec.kernels.<folder>``
 sets that attribute on this package and would shadow the function.
 The functions exported here are the one dispatch point (``_dispatch.py``): ``COMPACTREC_KERNELS=
@@ -34,10 +35,12 @@ from compactrec.kernels._dispatch import (  # noqa: F401
     qr_compose_pool,
     reset_calls,
     resolve_backend,
+    robe_bag,
+    robe_rows,
     scale_pool,
 )
 
 __all__ = [
     "BACKENDS", "calls", "hash_remap", "hash_scale_bag", "mixed_dim_bag", "project_sum", "qr_bag",
-    "qr_compose_pool", "reset_calls", "resolve_backend", "scale_pool",
+    "qr_compose_pool", "reset_calls", "resolve_backend", "robe_bag", "robe_rows", "scale_pool",
 ]

@@ -237,3 +237,42 @@ def hash_remap(values: torch.Tensor, moduli: Union[int, torch.Tensor], *, seed: 
     """
     tensors = (values, moduli) if torch.is_tensor(moduli) else (values,)
     return _dispatch("hash_remap", "remap", *tensors).hash_remap(values, moduli, seed=seed)
+
+
+# ---------------------------------------------------------------- ROBE (kernels/robe)
+def robe_bag(
+    values: torch.Tensor,
+    offsets: torch.Tensor,
+    bases: torch.Tensor,
+    array: torch.Tensor,
+    *,
+    dim: int,
+    mult_id: int,
+    mult_block: int,
+    mode: str = "sum",
+) -> torch.Tensor:
+    """ROBE bag -> (B, dim): hash -> gather chunks of the shared array -> pool (unsharded array).
+
+    values (nnz,) int32/int64 ids, offsets (B+1,), bases (nnz,) int64 per-id feature constant
+    in [0, P), array (R, Z) the shared array as R rows of Z values (dim % Z == 0). Chunk c of id
+    x is row ((base + mult_id (x mod P) + mult_block c) mod P) mod R, P = 2^31 - 1
+    (``kernels/robe/reference.py``); out[b] = sum (or mean) over the bag of the concatenated
+    chunks. Gradient: the array (R, Z), dense, in its dtype.
+
+    Example::
+
+        out = robe_bag(ids, kjt_offsets, bases, emb.array.embeddings["robe_array"].weight,
+                       dim=32, mult_id=B, mult_block=C)  # (B, 32)
+    """
+    mod = _dispatch("robe_bag", "robe", values, array)
+    return mod.robe_bag(values, offsets, bases, array, dim=dim, mult_id=mult_id, mult_block=mult_block, mode=mode)
+
+
+def robe_rows(
+    values: torch.Tensor, bases: torch.Tensor, *, num_blocks: int, num_rows: int, mult_id: int, mult_block: int,
+) -> torch.Tensor:
+    """The id transform in front of a sharded ROBE lookup -> (nnz, num_blocks) int64 array rows,
+    bit for bit the rows ``robe_bag`` gathers. values (nnz,) ids, bases (nnz,) int64. No gradient."""
+    mod = _dispatch("robe_rows", "robe", values, bases)
+    return mod.robe_rows(values, bases, num_blocks=num_blocks, num_rows=num_rows, mult_id=mult_id,
+                         mult_block=mult_block)

@@ -57,6 +57,7 @@ def _public_calls():
         t.to(DEVICE) for t in (values, offsets, table, scale, q, r, rows, w, b, rows2, pooled))
     tables, projs = [t.to(DEVICE) for t in tables], [projs[0].to(DEVICE), None]
     moduli = torch.tensor([0, 5, 1, 7, 0], device=DEVICE)
+    bases = torch.tensor([9, 0, 2**31 - 2, 4, 4], dtype=torch.int64, device=DEVICE)
     out = {
         "hash_scale_bag": kernels.hash_scale_bag(values, offsets, table, scale, seed=5),
         "mixed_dim_bag": kernels.mixed_dim_bag(values, offsets, [0, 4, 6], tables, projs),
@@ -65,6 +66,8 @@ def _public_calls():
         "qr_compose_pool": kernels.qr_compose_pool(rows, rows2, offsets),
         "project_sum": kernels.project_sum([pooled, rows2[:3]], [pooled.new_ones(4, 6), None]),
         "hash_remap": kernels.hash_remap(values, moduli, seed=2).float(),
+        "robe_bag": kernels.robe_bag(values, offsets, bases, table[:, :3], dim=6, mult_id=11, mult_block=5),
+        "robe_rows": kernels.robe_rows(values, bases, num_blocks=2, num_rows=7, mult_id=11, mult_block=5).float(),
     }
     return list(out.values()), list(out)
 

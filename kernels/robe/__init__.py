@@ -1,0 +1,1 @@
+"""ROBE: hash (feature, id, chunk) -> array row, gather the chunks, pool (reference, cpu, triton)."""
