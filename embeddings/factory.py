@@ -172,4 +172,8 @@ def _build(
         from compactrec.embeddings.cafe import build_cafe
 
         return build_cafe(schema, dim, cfg.cafe, small, budget, device)
+    if cfg.kind == "robe":
+        from compactrec.embeddings.robe import build_robe
+
+        return build_robe(schema, dim, cfg.robe, small, budget, device)
     raise ValueError(f"unknown embedding.kind {cfg.kind!r}")

@@ -141,10 +141,20 @@ class CafeConfig:
 
 
 @dataclass
+class RobeConfig:
+    """ROBE: one shared circular array; an id reads d / block chunks of `block` values at hashed offsets."""
+
+    block: int = 8  # Z: values per chunk (divides embedding_dim; 1 = element-wise hashing)
+    size: Optional[int] = None  # |M|, values in the array (rounded up to a multiple of block); None: from `compression`
+    hash: str = "universal"  # universal ((A e + B x + C c + D) mod P) mod rows | identity (tests: disjoint offsets)
+    seed: int = 0  # draws A, B, C, D
+
+
+@dataclass
 class EmbeddingConfig:
     """Which embedding method; each method's own knobs live in its sub-config."""
 
-    kind: str = "full"  # full | hash | qr | memcom | mixed_dim | cafe
+    kind: str = "full"  # full | hash | qr | memcom | mixed_dim | cafe | robe
     small_field_rows: int = 200  # features with at most this many ids keep a full table
     max_table_rows: int = 1_000_000_000  # a table above this is an error before training (raw ids?)
     hash: HashConfig = field(default_factory=HashConfig)
@@ -152,6 +162,7 @@ class EmbeddingConfig:
     memcom: MemComConfig = field(default_factory=MemComConfig)
     mixed_dim: MixedDimConfig = field(default_factory=MixedDimConfig)
     cafe: CafeConfig = field(default_factory=CafeConfig)
+    robe: RobeConfig = field(default_factory=RobeConfig)
 
 
 @dataclass
@@ -286,7 +297,8 @@ class RunConfig:
 
 _CHOICES: Dict[str, Sequence[str]] = {
     "model.arch": ("dlrm", "dcn"),
-    "embedding.kind": ("full", "hash", "qr", "memcom", "mixed_dim", "cafe"),
+    "embedding.kind": ("full", "hash", "qr", "memcom", "mixed_dim", "cafe", "robe"),
+    "embedding.robe.hash": ("universal", "identity"),
     "embedding.hash.hash": ("splitmix64", "identity"),
     "embedding.memcom.hash": ("splitmix64", "identity"),
     "embedding.qr.operation": ("mult", "add", "concat"),

@@ -39,6 +39,7 @@ CASES = {
     "mixed_dim": ("mixed_dim", ["compression.ratio=4"]),
     "cafe": ("cafe", ["compression.ratio=5", "embedding.cafe.threshold=3", "embedding.cafe.importance=count"]),
     "cafe_grad_norm": ("cafe", ["compression.ratio=5", "embedding.cafe.threshold=3", "embedding.cafe.importance=grad_norm"]),
+    "robe": ("robe", ["compression.ratio=8"]),
 }
 # The compactrec.kernels ops each method's sharded training step must run (counted at the
 # dispatch point): the composition over TorchRec's looked-up rows, and the id hashing.
@@ -49,11 +50,12 @@ KERNEL_OPS = {
     "memcom": {"hash_remap", "scale_pool"},
     "mixed_dim": {"project_sum"},
     "cafe": {"hash_remap", "project_sum"},
+    "robe": {"robe_rows", "scale_pool"},
 }
 EBC_TYPES = ["table_wise", "row_wise", "column_wise", "table_row_wise"]
 EC_TYPES = ["table_wise", "row_wise", "column_wise"]  # unpooled collections: no table_row_wise
 TYPES = {"full": EBC_TYPES, "hash": EBC_TYPES, "qr": EC_TYPES, "memcom": EC_TYPES, "mixed_dim": EC_TYPES,
-         "cafe": EBC_TYPES, "cafe_grad_norm": ["table_wise"]}  # row-wise: at 3 and 4 ranks
+         "cafe": EBC_TYPES, "cafe_grad_norm": ["table_wise"], "robe": EC_TYPES}  # row-wise: at 3 and 4 ranks
 
 
 def _ranks(rank: int, world: int, data: str, runs: list, out: str) -> None:

@@ -26,7 +26,7 @@ SCHEMA = FeatureSchema(
     sparse=(SparseFeature("a", 5), SparseFeature("b", 300), SparseFeature("c", 211), SparseFeature("m", 257, True)),
 )
 DIM = 16
-METHODS = ["full", "hash", "qr", "memcom", "mixed_dim", "cafe"]
+METHODS = ["full", "hash", "qr", "memcom", "mixed_dim", "cafe", "robe"]
 
 
 def _counts() -> Dict[str, np.ndarray]:

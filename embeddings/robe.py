@@ -1,0 +1,168 @@
+"""ROBE, Random Offset Block Embedding (Desai, Chou, Shrivastava, MLSys 2022).
+
+One shared array M of |M| trainable values replaces every compressed feature's table. Id x of
+feature e (width d) reads d / Z chunks of Z consecutive values; chunk c starts at a hashed
+offset and the array is circular. Gradients of every read accumulate in M; its size is set
+by the budget alone, so any ratio is reachable.
+
+Choices (all documented in docs/methods.md, ROBE):
+* The array is stored as an embedding table of R = |M| / Z rows of width Z (``robe_array`` in
+  one ``EmbeddingCollection``), and offsets are restricted to multiples of Z: chunk c of id x is
+  row o(x, c) = ((A e + B x + C c + D) mod P) mod R, the paper's universal hash with R in
+  place of |M| (P = 2^31 - 1; A..D drawn in [1, P) from ``seed``). A chunk is then one whole
+  row: the circular wrap never splits a chunk, so DMP shards the array row-wise (or table- or
+  column-wise) like any table, and each (id, chunk) is one stock lookup. The price: chunks of
+  different ids either coincide or are disjoint (the paper's arbitrary offsets also let them
+  overlap partly). At Z = 1 the two are the same: element-wise hashing.
+* Features with at most ``small_field_rows`` ids keep a full table, like every method here
+  (the factory compresses them too when the budget needs it).
+* The array starts at U(+-sqrt(1 / N_max)), the scale of the largest replaced full table.
+* With rowwise Adagrad (the default sparse optimizer) the Z values of a row share one
+  accumulator, and every id that reads the row shares it (docs/methods.md).
+
+Paths: unsharded, the fused ``robe_bag`` op (hash -> gather chunks -> pool in one pass) on the
+array's weight; sharded (DMP), ``robe_rows`` expands the ids into (id, chunk) rows, the
+collection looks them up (nnz * d / Z rows of Z), they are viewed as (nnz, d) (an id's chunks are
+consecutive) and ``scale_pool`` sums them per bag.
+
+Example::
+
+    emb = build_robe(schema, 32, RobeConfig(block=8), small_field_rows=200, budget=b)
+    kt = emb(kjt)       # KeyedTensor, values (B, F * 32)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torchrec.modules.embedding_configs import EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
+from compactrec.embeddings.accounting import FP32
+from compactrec.embeddings.base import CompressedEmbedding, full_config, is_local, split_features, split_kjt, table_device, value_keys
+from compactrec.embeddings.budget import BudgetError, full_table_bytes
+from compactrec.hashing import splitmix64_np
+from compactrec.kernels.robe.reference import P
+from compactrec.trainer.config import RobeConfig
+
+ARRAY = "robe_array"  # the table name
+KEY = "robe"  # its one feature: every (id, chunk) lookup of every compressed feature
+
+
+@dataclass
+class RobePlan:
+    rows: int  # R: rows of Z values; |M| = R * Z
+
+
+def hash_constants(seed: int) -> Tuple[int, int, int, int]:
+    """(A, B, C, D) in [1, P), fixed by ``seed`` (splitmix64 of 0..3: stable across numpy versions)."""
+    a, b, c, d = (int(v) % (P - 1) + 1 for v in splitmix64_np(np.arange(4, dtype=np.uint64), seed))
+    return a, b, c, d
+
+
+def hash_params(schema: FeatureSchema, big: List[SparseFeature], dim: int, cfg: RobeConfig) -> Tuple[List[int], int, int]:
+    """(base per compressed feature, mult_id, mult_block) of o(x, c) = ((base_e + mult_id x +
+    mult_block c) mod P) mod R. universal: base_e = (A e + D) mod P with e the feature's schema
+    index; identity (tests): feature e's ids read rows start_e + x d/Z + c, disjoint for R >= sum N d/Z."""
+    nb = dim // cfg.block
+    if cfg.hash == "identity":
+        starts = np.cumsum([0] + [f.cardinality * nb for f in big]).tolist()
+        if starts[-1] > P:
+            raise ValueError(f"robe identity hash: {starts[-1]} rows exceed P = {P}")
+        return starts[:-1], nb, 1
+    a, b, c, d = hash_constants(cfg.seed)
+    index = {f.name: e for e, f in enumerate(schema.sparse)}
+    return [(a * index[f.name] + d) % P for f in big], b, c
+
+
+class RobeEmbedding(CompressedEmbedding):
+    def __init__(
+        self, schema: FeatureSchema, dim: int, cfg: RobeConfig, plan: RobePlan, small_field_rows: int,
+        device: Optional[torch.device] = None,
+    ) -> None:
+        super().__init__(schema, dim)
+        self.cfg = cfg
+        small, big = split_features(schema, small_field_rows)
+        self.small = [f.name for f in small]
+        self.big = [f.name for f in big]
+        self.num_blocks = dim // cfg.block
+        self.rows = plan.rows
+        self.full = EmbeddingBagCollection(tables=[full_config(f, dim) for f in small], device=table_device(device)) if small else None
+        self.array: Optional[EmbeddingCollection] = None
+        bases: List[int] = []
+        self.mult_id = self.mult_block = 0
+        if big:
+            bound = math.sqrt(1.0 / max(f.cardinality for f in big))
+            self.array = EmbeddingCollection(tables=[EmbeddingConfig(
+                name=ARRAY, embedding_dim=cfg.block, num_embeddings=plan.rows, feature_names=[KEY],
+                weight_init_min=-bound, weight_init_max=bound,
+            )], device=table_device(device))
+            bases, self.mult_id, self.mult_block = hash_params(schema, big, dim, cfg)
+        # per compressed feature: its hash constant (a host-derived config constant, not state)
+        self.register_buffer("bases", torch.tensor(bases, dtype=torch.int64, device=device), persistent=False)
+
+    def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+        """Unsharded: the fused ``robe_bag``. Sharded (DMP): ``robe_rows`` -> the array's
+        lookup -> ``scale_pool``. Both cover every compressed feature in one call."""
+        from compactrec.kernels import robe_bag, robe_rows, scale_pool
+
+        small, big = split_kjt(features, self.small, self.big)
+        out: Dict[str, torch.Tensor] = {}
+        if self.full is not None:
+            out.update(self.full(small).to_dict())
+        if big is None:
+            return out
+        ids = big.values()
+        bases = self.bases[value_keys(big)]  # (nnz,): each value's feature constant
+        if self.fused and is_local(self.array):
+            weight = self.array.embeddings[ARRAY].weight  # type: ignore[union-attr]
+            pooled = robe_bag(ids, big.offsets(), bases, weight, dim=self.dim, mult_id=self.mult_id,
+                              mult_block=self.mult_block)
+        else:
+            rows = robe_rows(ids, bases, num_blocks=self.num_blocks, num_rows=self.rows, mult_id=self.mult_id,
+                             mult_block=self.mult_block)  # (nnz, d / Z)
+            looked = self.array(KeyedJaggedTensor(  # type: ignore[misc]
+                keys=[KEY], values=rows.reshape(-1), lengths=big.lengths() * self.num_blocks,
+            ))[KEY].values()  # (nnz * d / Z, Z): an id's chunks are consecutive
+            pooled = scale_pool(looked.reshape(ids.numel(), self.dim), big.offsets())  # (F_c * B, d)
+        out.update(zip(self.big, pooled.split(big.stride())))
+        return out
+
+
+def robe_bytes(schema: FeatureSchema, dim: int, cfg: RobeConfig, plan: RobePlan, small_field_rows: int) -> int:
+    small, big = split_features(schema, small_field_rows)
+    return full_table_bytes(small, dim) + (plan.rows * cfg.block * FP32 if big else 0)
+
+
+def plan_robe(schema: FeatureSchema, dim: int, budget: int, cfg: RobeConfig, small_field_rows: int) -> RobePlan:
+    """The array fills what the small features' full tables leave: R = left // (Z * 4)."""
+    small, _ = split_features(schema, small_field_rows)
+    fixed = full_table_bytes(small, dim)
+    rows = (budget - fixed) // (cfg.block * FP32)
+    if rows < 1:
+        raise BudgetError(f"robe: budget {budget} B is below the {fixed + cfg.block * FP32} B of the small features' "
+                          f"full tables plus one row of Z = {cfg.block} values")
+    return RobePlan(rows=min(rows, P))
+
+
+def build_robe(
+    schema: FeatureSchema, dim: int, cfg: RobeConfig, small_field_rows: int, budget: Optional[int],
+    device: Optional[torch.device] = None,
+) -> RobeEmbedding:
+    if cfg.block < 1 or dim % cfg.block:
+        raise ValueError(f"embedding.robe.block={cfg.block} must divide model.embedding_dim={dim}")
+    if cfg.size is not None:
+        plan = RobePlan(rows=-(-cfg.size // cfg.block))
+        if not 1 <= plan.rows <= P:
+            raise ValueError(f"embedding.robe.size={cfg.size}: the array needs 1 to {P} rows of {cfg.block}")
+    elif budget is not None:
+        plan = plan_robe(schema, dim, budget, cfg, small_field_rows)
+    else:
+        raise BudgetError("robe: set compression.ratio / compression.bytes or embedding.robe.size")
+    return RobeEmbedding(schema, dim, cfg, plan, small_field_rows, device)
