@@ -28,7 +28,7 @@ from compactrec.logs import quiet_third_party  # noqa: E402
 from compactrec.trainer.config import load_config  # noqa: E402
 from compactrec.io import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
 
-METHODS = ["full", "hash", "qr", "memcom", "mixed_dim", "cafe"]
+METHODS = ["full", "hash", "qr", "memcom", "mixed_dim", "cafe", "robe"]
 RATIOS = [4, 16, 64, 256]
 OUT = Path(__file__).resolve().parent / "results"
 

@@ -19,7 +19,7 @@ Protocol (printed into the Markdown as well):
 - Metrics on TEST: AUC, logloss, NE; ``auc_warm`` over the "warm" rows (every id of the row
   occurs in train; ``warm_share`` of the rows); MovieLens: nDCG@10 / HR@10 (trainer/ranking.py,
   100 sampled unrated negatives per positive, seed 0).
-- Rows: full; hash, qr, memcom, mixed_dim, cafe at each ratio; ablations (``ABLATIONS``: one
+- Rows: full; hash, qr, memcom, mixed_dim, cafe, robe at each ratio; ablations (``ABLATIONS``: one
   knob changed against the method's default, at 10x, and "cold -> 0" diagnosis rows); seeds
   0, 1, 2 (weights, shuffle, hash seeds): mean ± sample std. A ratio a method cannot build is "unreachable (max Nx)" from its
   ``BudgetError``.
@@ -74,7 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_data_report import markdown, plot  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("hash", "qr", "memcom", "mixed_dim", "cafe")
+METHODS = ("hash", "qr", "memcom", "mixed_dim", "cafe", "robe")
 SPARSE_LRS = (0.003, 0.01, 0.03, 0.1)
 DENSE_LRS = (0.003, 0.01, 0.03, 0.1)
 LOGREG_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -166,7 +166,8 @@ def run_config(base: RunConfig, **dotted: Any) -> RunConfig:
 def seeded(cfg: RunConfig, seed: int) -> RunConfig:
     """Seed the weights and the shuffle, and every method's hash seed."""
     return run_config(cfg, **{"trainer.seed": seed, "embedding.hash.seed": seed,
-                              "embedding.memcom.seed": seed, "embedding.cafe.seed": seed})
+                              "embedding.memcom.seed": seed, "embedding.cafe.seed": seed,
+                              "embedding.robe.seed": seed})
 
 
 # ---------------------------------------------------------------------------- training

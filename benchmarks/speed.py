@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from compactrec.logs import quiet_third_party  # noqa: E402
 
-METHODS = ["full", "hash", "qr", "memcom", "mixed_dim", "cafe"]
+METHODS = ["full", "hash", "qr", "memcom", "mixed_dim", "cafe", "robe"]
 
 
 def _build(build_train_model, cfg, manifest, env):

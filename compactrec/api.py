@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # torch / TorchRec are imported when a function runs
     from torchrec.distributed.types import ModuleSharder, ShardingPlan
     from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
-METHODS = ("full", "hash", "qr", "memcom", "mixed_dim", "cafe")
+METHODS = ("full", "hash", "qr", "memcom", "mixed_dim", "cafe", "robe")
 
 
 def compressed_embedding(
