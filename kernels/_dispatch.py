@@ -261,7 +261,7 @@ def robe_bag(
 
     Example::
 
-        out = robe_bag(ids, kjt_offsets, bases, emb.array.embeddings["robe_array"].weight,
+        out = robe_bag(ids, kjt_offsets, bases, emb.array.embedding_bags["robe_array"].weight,
                        dim=32, mult_id=B, mult_block=C)  # (B, 32)
     """
     mod = _dispatch("robe_bag", "robe", values, array)

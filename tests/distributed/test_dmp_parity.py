@@ -50,12 +50,12 @@ KERNEL_OPS = {
     "memcom": {"hash_remap", "scale_pool"},
     "mixed_dim": {"project_sum"},
     "cafe": {"hash_remap", "project_sum"},
-    "robe": {"robe_rows", "scale_pool"},
+    "robe": {"robe_rows"},
 }
 EBC_TYPES = ["table_wise", "row_wise", "column_wise", "table_row_wise"]
 EC_TYPES = ["table_wise", "row_wise", "column_wise"]  # unpooled collections: no table_row_wise
 TYPES = {"full": EBC_TYPES, "hash": EBC_TYPES, "qr": EC_TYPES, "memcom": EC_TYPES, "mixed_dim": EC_TYPES,
-         "cafe": EBC_TYPES, "cafe_grad_norm": ["table_wise"], "robe": EC_TYPES}  # row-wise: at 3 and 4 ranks
+         "cafe": EBC_TYPES, "cafe_grad_norm": ["table_wise"], "robe": EBC_TYPES}  # row-wise: at 3 and 4 ranks
 
 
 def _ranks(rank: int, world: int, data: str, runs: list, out: str) -> None:

@@ -26,7 +26,7 @@ def _robe(**kw) -> RobeEmbedding:
 
 
 def _array(emb: RobeEmbedding) -> torch.Tensor:
-    return emb.array.embeddings[ARRAY].weight
+    return emb.array.embedding_bags[ARRAY].weight
 
 
 @pytest.mark.parametrize("fused", [True, False])
