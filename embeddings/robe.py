@@ -39,8 +39,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
@@ -54,6 +55,9 @@ from compactrec.trainer.config import RobeConfig
 ARRAY = "robe_array"  # the table name
 
 
+PACKED_KEY = "robe"  # the packed array's one feature: every (id, chunk) lookup
+
+
 def chunk_key(feature: str, c: int) -> str:
     """The array's feature for chunk c of ``feature``'s ids (all of them share the one table)."""
     return f"{feature}__robe{c}"
@@ -61,7 +65,18 @@ def chunk_key(feature: str, c: int) -> str:
 
 @dataclass
 class RobePlan:
-    rows: int  # R: rows of Z values; |M| = R * Z
+    rows: int  # R: rows of Z values (chunk rows); |M| = R * Z; a multiple of pack(Z)
+
+
+def table_width(z: int) -> int:
+    """Width of the stored table: lcm(Z, 4). FBGEMM's fused kernels (TorchRec asserts it, CPU
+    too) want widths divisible by 4, so for Z = 1, 2, 3, 6, ... pack(Z) = width / Z chunk rows
+    share one table row; its flat memory is the (R, Z) array row-major either way."""
+    return z * 4 // math.gcd(z, 4)
+
+
+def pack(z: int) -> int:
+    return table_width(z) // z
 
 
 def hash_constants(seed: int) -> Tuple[int, int, int, int]:
@@ -97,17 +112,26 @@ class RobeEmbedding(CompressedEmbedding):
         self.big = [f.name for f in big]
         self.num_blocks = dim // cfg.block
         self.rows = plan.rows
+        self.pack = pack(cfg.block)
+        if plan.rows % self.pack:
+            raise ValueError(f"robe: {plan.rows} chunk rows are not a multiple of pack {self.pack} (Z = {cfg.block})")
         self.full = EmbeddingBagCollection(tables=[full_config(f, dim) for f in small], device=table_device(device)) if small else None
-        self.array: Optional[EmbeddingBagCollection] = None
+        self.array: Optional[nn.Module] = None  # EmbeddingBagCollection (pack 1) | EmbeddingCollection
         bases: List[int] = []
         self.mult_id = self.mult_block = 0
         if big:
             bound = math.sqrt(1.0 / max(f.cardinality for f in big))
-            keys = [chunk_key(f.name, c) for f in big for c in range(self.num_blocks)]
-            self.array = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
-                name=ARRAY, embedding_dim=cfg.block, num_embeddings=plan.rows, feature_names=keys,
-                pooling=PoolingType.SUM, weight_init_min=-bound, weight_init_max=bound,
-            )], device=table_device(device))
+            if self.pack == 1:  # one pooled lookup per (feature, chunk)
+                keys = [chunk_key(f.name, c) for f in big for c in range(self.num_blocks)]
+                self.array = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
+                    name=ARRAY, embedding_dim=cfg.block, num_embeddings=plan.rows, feature_names=keys,
+                    pooling=PoolingType.SUM, weight_init_min=-bound, weight_init_max=bound,
+                )], device=table_device(device))
+            else:  # packed rows: ids of one bag read different columns, so look up unpooled
+                self.array = EmbeddingCollection(tables=[EmbeddingConfig(
+                    name=ARRAY, embedding_dim=table_width(cfg.block), num_embeddings=plan.rows // self.pack,
+                    feature_names=[PACKED_KEY], weight_init_min=-bound, weight_init_max=bound,
+                )], device=table_device(device))
             bases, self.mult_id, self.mult_block = hash_params(schema, big, dim, cfg)
         # per compressed feature: its hash constant (a host-derived config constant, not state)
         self.register_buffer("bases", torch.tensor(bases, dtype=torch.int64, device=device), persistent=False)
@@ -127,13 +151,16 @@ class RobeEmbedding(CompressedEmbedding):
         keys = value_keys(big)  # (nnz,): each value's compressed feature
         bases = self.bases[keys]
         if self.fused and is_local(self.array):
-            weight = self.array.embedding_bags[ARRAY].weight  # type: ignore[union-attr]
+            weight = self._weight().view(-1, self.cfg.block)  # (R, Z): the packed table's memory
             pooled = robe_bag(ids, big.offsets(), bases, weight, dim=self.dim, mult_id=self.mult_id,
                               mult_block=self.mult_block)  # (F_c * B, d)
             out.update(zip(self.big, pooled.split(big.stride())))
             return out
         rows = robe_rows(ids, bases, num_blocks=self.num_blocks, num_rows=self.rows, mult_id=self.mult_id,
                          mult_block=self.mult_block)  # (nnz, d / Z)
+        if self.pack > 1:
+            out.update(zip(self.big, self._packed(big, rows).split(big.stride())))
+            return out
         # Sum pooling commutes with concatenating the chunks: pooling each (feature, chunk) as
         # its own bag is exact, and FBGEMM pools Z-wide rows without an (nnz * d / Z, Z) output
         # (an unpooled lookup + pool measured 8x slower at B 2048, 26 features, Z = 8).
@@ -141,6 +168,25 @@ class RobeEmbedding(CompressedEmbedding):
         values = pooled.values()  # (B, F_c * d): feature-major, chunks in order within a feature
         out.update(zip(self.big, values.split(self.dim, dim=1)))
         return out
+
+
+    def _weight(self) -> torch.Tensor:
+        bags = self.array.embedding_bags if self.pack == 1 else self.array.embeddings  # type: ignore[union-attr]
+        return bags[ARRAY].weight
+
+    def _packed(self, big: KeyedJaggedTensor, rows: torch.Tensor) -> torch.Tensor:
+        """Sharded, pack > 1: chunk row r is columns (r % pack) Z.. of table row r // pack.
+        rows (nnz, nb) -> pooled (F_c * B, d)."""
+        from compactrec.kernels import scale_pool
+
+        z, k = self.cfg.block, self.pack
+        flat = rows.reshape(-1)
+        looked = self.array(KeyedJaggedTensor(  # type: ignore[misc]
+            keys=[PACKED_KEY], values=torch.div(flat, k, rounding_mode="floor"), lengths=big.lengths() * self.num_blocks,
+        ))[PACKED_KEY].values()  # (nnz * nb, k Z): an id's chunks are consecutive
+        slot = (flat % k).view(-1, 1, 1).expand(-1, 1, z)
+        chunks = looked.view(-1, k, z).gather(1, slot)  # (nnz * nb, 1, Z)
+        return scale_pool(chunks.reshape(rows.shape[0], self.dim), big.offsets())
 
 
 def _chunk_major(big: KeyedJaggedTensor, rows: torch.Tensor, keys: torch.Tensor, nb: int) -> KeyedJaggedTensor:
@@ -170,11 +216,12 @@ def plan_robe(schema: FeatureSchema, dim: int, budget: int, cfg: RobeConfig, sma
     """The array fills what the small features' full tables leave: R = left // (Z * 4)."""
     small, _ = split_features(schema, small_field_rows)
     fixed = full_table_bytes(small, dim)
-    rows = (budget - fixed) // (cfg.block * FP32)
-    if rows < 1:
-        raise BudgetError(f"robe: budget {budget} B is below the {fixed + cfg.block * FP32} B of the small features' "
-                          f"full tables plus one row of Z = {cfg.block} values")
-    return RobePlan(rows=min(rows, P))
+    width, k = table_width(cfg.block), pack(cfg.block)
+    table_rows = (budget - fixed) // (width * FP32)
+    if table_rows < 1:
+        raise BudgetError(f"robe: budget {budget} B is below the {fixed + width * FP32} B of the small features' "
+                          f"full tables plus one table row of {width} values")
+    return RobePlan(rows=min(table_rows, P // k) * k)
 
 
 def build_robe(
@@ -184,7 +231,8 @@ def build_robe(
     if cfg.block < 1 or dim % cfg.block:
         raise ValueError(f"embedding.robe.block={cfg.block} must divide model.embedding_dim={dim}")
     if cfg.size is not None:
-        plan = RobePlan(rows=-(-cfg.size // cfg.block))
+        k = pack(cfg.block)
+        plan = RobePlan(rows=-(-cfg.size // (cfg.block * k)) * k)  # whole table rows
         if not 1 <= plan.rows <= P:
             raise ValueError(f"embedding.robe.size={cfg.size}: the array needs 1 to {P} rows of {cfg.block}")
     elif budget is not None:

@@ -39,7 +39,8 @@ CASES = {
     "mixed_dim": ("mixed_dim", ["compression.ratio=4"]),
     "cafe": ("cafe", ["compression.ratio=5", "embedding.cafe.threshold=3", "embedding.cafe.importance=count"]),
     "cafe_grad_norm": ("cafe", ["compression.ratio=5", "embedding.cafe.threshold=3", "embedding.cafe.importance=grad_norm"]),
-    "robe": ("robe", ["compression.ratio=8"]),
+    "robe": ("robe", ["compression.ratio=8"]),  # Z = 8: pooled lookups per (feature, chunk)
+    "robe_z1": ("robe", ["compression.ratio=8", "embedding.robe.block=1"]),  # packed rows of 4: unpooled + scale_pool
 }
 # The compactrec.kernels ops each method's sharded training step must run (counted at the
 # dispatch point): the composition over TorchRec's looked-up rows, and the id hashing.
@@ -55,7 +56,8 @@ KERNEL_OPS = {
 EBC_TYPES = ["table_wise", "row_wise", "column_wise", "table_row_wise"]
 EC_TYPES = ["table_wise", "row_wise", "column_wise"]  # unpooled collections: no table_row_wise
 TYPES = {"full": EBC_TYPES, "hash": EBC_TYPES, "qr": EC_TYPES, "memcom": EC_TYPES, "mixed_dim": EC_TYPES,
-         "cafe": EBC_TYPES, "cafe_grad_norm": ["table_wise"], "robe": EBC_TYPES}  # row-wise: at 3 and 4 ranks
+         "cafe": EBC_TYPES, "cafe_grad_norm": ["table_wise"], "robe": EBC_TYPES,
+         "robe_z1": EC_TYPES}  # row-wise: at 3 and 4 ranks
 
 
 def _ranks(rank: int, world: int, data: str, runs: list, out: str) -> None:
