@@ -129,7 +129,7 @@ def plot(results: Dict[str, Any], path: Path) -> None:
         for k, (r, goal) in enumerate(GOAL.items()):
             ax.hlines(full * (1 - goal), r / 1.35, r * 1.35, colors="r", linestyles="--", lw=1,
                       label="goal (1% at 10x, 3% at 50x)" if k == 0 else None)
-        for j, method in enumerate(("hash", "qr", "memcom", "mixed_dim", "cafe")):
+        for j, method in enumerate(("hash", "qr", "memcom", "mixed_dim", "cafe", "robe")):
             mine = [p for p in pts.values() if p["method"] == method and "summary" in p and not p.get("ablation")]
             if mine:  # a small offset per method keeps the error bars apart
                 xs = [p["summary"]["compression_ratio"][0] * 1.05 ** (j - 2) for p in mine]
