@@ -6,14 +6,17 @@ offset and the array is circular. Gradients of every read accumulate in M; its s
 by the budget alone, so any ratio is reachable.
 
 Choices (all documented in docs/methods.md, ROBE):
-* The array is stored as an embedding table of R = |M| / Z rows of width Z (``robe_array`` in
-  one ``EmbeddingBagCollection``, shared by one feature per (compressed feature, chunk)), and offsets are restricted to multiples of Z: chunk c of id x is
-  row o(x, c) = ((A e + B x + C c + D) mod P) mod R, the paper's universal hash with R in
+* The array is stored as an embedding table ``robe_array`` of R = |M| / Z rows of Z values,
+  and offsets are restricted to multiples of Z: chunk c of id x is row o(x, c) = ((A e + B x + C c + D) mod P) mod R, the paper's universal hash with R in
   place of |M| (P = 2^31 - 1; A..D drawn in [1, P) from ``seed``). A chunk is then one whole
   row: the circular wrap never splits a chunk, so DMP shards the array row-wise (or table- or
   column-wise) like any table, and each (id, chunk) is one stock lookup. The price: chunks of
   different ids either coincide or are disjoint (the paper's arbitrary offsets also let them
   overlap partly). At Z = 1 the two are the same: element-wise hashing.
+* Z a multiple of 4: an ``EmbeddingBagCollection`` table of width Z, one feature per
+  (compressed feature, chunk). Other Z: TorchRec's fused kernels assert widths divisible by 4,
+  so an ``EmbeddingCollection`` table of width lcm(Z, 4) holds lcm(Z, 4) / Z chunk rows per row
+  (``pack``); its memory is the same (R, Z) array row-major.
 * Features with at most ``small_field_rows`` ids keep a full table, like every method here
   (the factory compresses them too when the budget needs it).
 * The array starts at U(+-sqrt(1 / N_max)), the scale of the largest replaced full table.
@@ -23,7 +26,9 @@ Choices (all documented in docs/methods.md, ROBE):
 Paths: unsharded, the fused ``robe_bag`` op (hash -> gather chunks -> pool in one pass) on the
 array's weight; sharded (DMP), ``robe_rows`` expands the ids into (id, chunk) rows and the
 collection pools each (feature, chunk) over the bag (exact: sum pooling commutes with the
-concatenation of chunks), so its (B, F_c * d) output is already the embeddings, feature-major.
+concatenation of chunks), so its (B, F_c * d) output is already the embeddings, feature-major;
+with packed rows (Z not a multiple of 4) the rows are looked up unpooled, the chunk's Z columns
+gathered, and ``scale_pool`` sums them per bag.
 
 Example::
 
@@ -138,7 +143,8 @@ class RobeEmbedding(CompressedEmbedding):
 
     def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
         """Unsharded: the fused ``robe_bag``. Sharded (DMP): ``robe_rows`` -> one pooled lookup
-        per (feature, chunk). Both cover every compressed feature in one call."""
+        per (feature, chunk), or (packed rows) an unpooled lookup -> column gather ->
+        ``scale_pool``. Every path covers all compressed features in one call."""
         from compactrec.kernels import robe_bag, robe_rows
 
         small, big = split_kjt(features, self.small, self.big)
@@ -168,7 +174,6 @@ class RobeEmbedding(CompressedEmbedding):
         values = pooled.values()  # (B, F_c * d): feature-major, chunks in order within a feature
         out.update(zip(self.big, values.split(self.dim, dim=1)))
         return out
-
 
     def _weight(self) -> torch.Tensor:
         bags = self.array.embedding_bags if self.pack == 1 else self.array.embeddings  # type: ignore[union-attr]
@@ -201,7 +206,7 @@ def _chunk_major(big: KeyedJaggedTensor, rows: torch.Tensor, keys: torch.Tensor,
     pos = (starts[keys] * (nb - 1) + j)[:, None] + c[None, :] * counts[keys][:, None]
     ordered = torch.empty_like(rows.reshape(-1)).scatter_(0, pos.reshape(-1), rows.reshape(-1))
     f, b = len(per_key), big.stride()
-    lengths = big.lengths().view(f, 1, b).expand(f, nb, b).reshape(-1)
+    lengths = big.lengths().reshape(f, 1, b).expand(f, nb, b).reshape(-1)
     names = [chunk_key(k, i) for k in big.keys() for i in range(nb)]
     return KeyedJaggedTensor(keys=names, values=ordered, lengths=lengths,
                              length_per_key=[n for n in per_key for _ in range(nb)])
