@@ -83,6 +83,15 @@ class CompressedEmbedding(nn.Module):
         self.feature_names: List[str] = schema.sparse_names
         self._configs = [full_config(f, dim) for f in schema.sparse]
 
+    def table_weight(self, name: str) -> torch.Tensor:
+        """The weight of the stock (unsharded) table ``name``, in whichever collection holds it."""
+        for m in self.children():
+            if isinstance(m, EmbeddingBagCollection) and name in m.embedding_bags:
+                return m.embedding_bags[name].weight
+            if isinstance(m, EmbeddingCollection) and name in m.embeddings:
+                return m.embeddings[name].weight
+        raise KeyError(f"no table named {name}")
+
     def embedding_bag_configs(self) -> List[EmbeddingBagConfig]:
         """Virtual one-table-per-feature configs (names and width only; not the storage)."""
         return self._configs
@@ -101,6 +110,22 @@ class CompressedEmbedding(nn.Module):
         )
 
 
+def group_columns(kt: KeyedTensor, groups: List[List[str]]) -> List[torch.Tensor]:
+    """One (B, sum of its keys' widths) tensor per group of keys of a pooled KeyedTensor, by
+    ONE split when ``kt``'s keys are the groups' keys in order (its backward is one cat; a
+    slice per group would each allocate a zeroed (B, all) gradient), else per-key cats."""
+    keys = [k for g in groups for k in g]
+    if kt.keys() == keys:
+        widths, at = [], 0
+        per_key = kt.length_per_key()
+        for g in groups:
+            widths.append(sum(per_key[at : at + len(g)]))
+            at += len(g)
+        return list(kt.values().split(widths, dim=1))
+    parts = kt.to_dict()
+    return [torch.cat([parts[k] for k in g], dim=1) for g in groups]
+
+
 def is_local(*collections: nn.Module) -> bool:
     """True when the stock collections are the plain (unsharded) TorchRec modules, whose
     weights are ordinary parameters that the fused kernels (``compactrec.kernels``) can read.
@@ -117,6 +142,47 @@ def kjt_from(parts: Dict[str, Tuple[torch.Tensor, torch.Tensor]]) -> KeyedJagged
     values = torch.cat([parts[k][0] for k in keys])
     lengths = torch.cat([parts[k][1].to(torch.int32) for k in keys])
     return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths)
+
+
+def one_hot_split(features: List[SparseFeature]) -> Tuple[List[str], List[str]]:
+    """(one-hot, multi-hot) feature names, each in the given order, by the schema's flag."""
+    return [f.name for f in features if not f.multi_hot], [f.name for f in features if f.multi_hot]
+
+
+def check_one_hot(kjt: KeyedJaggedTensor) -> None:
+    """Raise if a bag of ``kjt`` (features the schema says are one-hot) holds more than one
+    id: the pooled fast path composes after pooling, which is exact only for bags of <= 1."""
+    check_at_most_one(kjt.lengths(), kjt.keys())
+
+
+def check_at_most_one(lengths: torch.Tensor, what: object) -> None:
+    """Raise unless every bag length in ``lengths`` is <= 1. On CPU one max; elsewhere an
+    async assert (no host sync)."""
+    if lengths.numel() == 0:
+        return
+    if lengths.device.type != "cpu":
+        torch._assert_async((lengths <= 1).all(), "a one-hot feature has a bag of several ids")
+    elif int(lengths.max()) > 1:
+        raise ValueError(f"{what}: one-hot in the schema (multi_hot false) but a bag holds several ids; "
+                         "mark the feature multi_hot in the manifest")
+
+
+def per_bag(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """For bags of at most one value: each bag's value, 0 for an empty bag: (num_bags,)."""
+    if values.numel() == lengths.numel():
+        return values  # every bag holds its one value
+    return values.new_zeros(lengths.numel()).index_copy_(0, bag_ids(lengths), values)
+
+
+def group_kjt(features: KeyedJaggedTensor, groups: List[List[str]]) -> List[Optional[KeyedJaggedTensor]]:
+    """``features`` regrouped by key: one KJT per group (keys in the given order), None for an
+    empty group; one permute of the batch (none when already in order), then slices."""
+    index = {k: i for i, k in enumerate(features.keys())}
+    order = [index[k] for g in groups for k in g]
+    regrouped = features if order == list(range(len(index))) else features.permute(order)
+    sizes = [len(g) for g in groups if g]
+    parts = iter([regrouped] if len(sizes) == 1 else regrouped.split(sizes))
+    return [next(parts) if g else None for g in groups]
 
 
 def split_kjt(features: KeyedJaggedTensor, first: List[str], second: List[str]) -> Tuple[

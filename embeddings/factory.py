@@ -97,6 +97,7 @@ def _without_small_fields(cfg: EmbeddingConfig, compression: CompressionConfig, 
     """``embedding.small_field_rows`` is a budget decision: when the budget cannot be met with
     the small features kept whole, they are compressed like the others. When even that fails,
     the error says the method's reachable maximum in the same words for every method."""
+    reason = first
     if cfg.small_field_rows > 0:
         try:
             module = _build(cfg, budget, schema, dim, device, counts, 0)
@@ -104,13 +105,13 @@ def _without_small_fields(cfg: EmbeddingConfig, compression: CompressionConfig, 
             print(f"compactrec: {cfg.kind}: the budget needs the small features compressed too "
                   f"(embedding.small_field_rows={cfg.small_field_rows} would keep {len(small)} whole)", flush=True)
             return module
-        except BudgetError:
-            pass
+        except BudgetError as e:
+            reason = e  # the same build as the bisection below (small features compressed): one story
     full = full_embedding_bytes(schema, dim)
     best = reachable_ratio(cfg, schema, dim, counts)
     asked = f"{compression.ratio:g}x" if compression.ratio is not None else f"{full / budget:.1f}x"
     raise BudgetError(
-        f"{cfg.kind} cannot reach {asked} ({budget:,} bytes for {full:,} of full tables): {first}. "
+        f"{cfg.kind} cannot reach {asked} ({budget:,} bytes for {full:,} of full tables): {reason}. "
         f"{cfg.kind} reaches at most {best:.1f}x here"
     ) from None
 

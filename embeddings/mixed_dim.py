@@ -9,8 +9,11 @@ of one per id.
 Width rule (the reference ``md_solver`` power rule): d_k = lambda * p_k^alpha, clipped to
 [1, d], lambda chosen so the most popular block gets d; optional power-of-two rounding.
 FBGEMM's tables need widths that are multiples of 4, so widths snap to {1, 2, 4, 8, ..., d};
-1- and 2-wide blocks are stored 4 / d_k rows per row of a width-4 table (looked up unpooled,
-sliced, then pooled) so that the narrow tail, where MDE saves most, stays possible.
+1- and 2-wide blocks are stored 4 / d_k rows per row of a width-4 table so that the narrow
+tail, where MDE saves most, stays possible: for one-hot features (bags of <= 1 id) that table
+is pooled by the same EBC and each bag's d_k columns are picked from its pooled row (the
+id's own row; 0 for an empty bag); for multi-hot features it is looked up unpooled, the
+columns picked per id, then pooled.
 - ``blocks: table``: one block per table with the reference's popularity proxy p_k = 1/n_k;
   tables at or below ``threshold`` rows keep the full width (the reference crashes there).
 - ``blocks: rows`` (default): per feature, ``num_blocks`` blocks of ids ranked by their
@@ -47,6 +50,7 @@ from compactrec.embeddings.accounting import FP32
 from compactrec.embeddings.base import (
     CompressedEmbedding,
     bag_ids,
+    check_at_most_one,
     full_config,
     is_local,
     join_rows,
@@ -211,7 +215,13 @@ class MixedDimEmbedding(CompressedEmbedding):
                 keys.append(key)
                 self.widths[key] = d
                 self.stored_rows[key] = rows
-                if d < PACK:
+                if d < PACK and not f.multi_hot:  # one-hot: pooled, the bag's slot picked after pooling
+                    self.narrow_width[key] = d
+                    tables.append(EmbeddingBagConfig(
+                        name=f"mde_{f.name}_b{k}", embedding_dim=PACK, num_embeddings=packed_rows(rows, d),
+                        feature_names=[key], pooling=PoolingType.SUM, weight_init_min=-bound, weight_init_max=bound,
+                    ))
+                elif d < PACK:
                     self.narrow_width[key] = d
                     narrow.append(EmbeddingConfig(
                         name=f"mde_{f.name}_b{k}", embedding_dim=PACK, num_embeddings=packed_rows(rows, d),
@@ -252,11 +262,16 @@ class MixedDimEmbedding(CompressedEmbedding):
     def _routing_constants(self, big: List[SparseFeature], plan: MixedDimPlan, device) -> None:
         """Host lists and small buffers (from the plan alone) that route every compressed id
         of a batch in one pass: block keys numbered wide (EBC) first, then the packed blocks
-        of width 1, then of width 2, so one sort splits a batch into the three groups."""
+        of one-hot features of width 1, of width 2 (EBC, pooled), then those of multi-hot
+        features of width 1, of width 2 (unpooled), so one sort splits a batch into the groups."""
         keys = [k for f in big for k in self.block_keys[f.name]]
+        multi = {k for f in big if f.multi_hot for k in self.block_keys[f.name]}
         self._wide = [k for k in keys if k not in self.narrow_width]
-        self._narrow_groups = [[k for k in keys if self.narrow_width.get(k) == w] for w in (1, 2)]
-        target = {k: i for i, k in enumerate(self._wide + self._narrow_groups[0] + self._narrow_groups[1])}
+        # packed blocks of one-hot features (pooled by the EBC) and of multi-hot ones (unpooled)
+        self._pooled_groups = [[k for k in keys if self.narrow_width.get(k) == w and k not in multi] for w in (1, 2)]
+        self._narrow_groups = [[k for k in keys if self.narrow_width.get(k) == w and k in multi] for w in (1, 2)]
+        self._groups = [self._wide, *self._pooled_groups, *self._narrow_groups]
+        target = {k: i for i, k in enumerate(k for g in self._groups for k in g)}
         nblocks = [len(self.block_keys[f.name]) for f in big]
         span = max([f.cardinality for f in big], default=0) + 1  # feature * span + rank: one sorted key space
         inner = [j * span + int(x) for j, f in enumerate(big) for x in np.cumsum([0] + plan.block_rows[f.name])[1:-1]]
@@ -293,11 +308,12 @@ class MixedDimEmbedding(CompressedEmbedding):
         """Each block's table as (stored rows, d_k); packed 1-/2-wide blocks as views."""
         out = []
         for k, key in enumerate(self.block_keys[name]):
+            weight = self.table_weight(f"mde_{name}_b{k}")
             if key in self.narrow_width:
                 w, rows = self.narrow_width[key], self.stored_rows[key]
-                out.append(self.packed.embeddings[f"mde_{name}_b{k}"].weight.view(-1)[: rows * w].view(rows, w))
+                out.append(weight.view(-1)[: rows * w].view(rows, w))
             else:
-                out.append(self.ebc.embedding_bags[f"mde_{name}_b{k}"].weight)
+                out.append(weight)
         return out
 
     def _embed_fused(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
@@ -306,7 +322,7 @@ class MixedDimEmbedding(CompressedEmbedding):
 
         jts = features.to_dict()
         out = {  # full-width tables of the small features: a plain bag on their weights
-            n: hash_scale_bag(jts[n].values(), jts[n].offsets(), self.ebc.embedding_bags[f"t_{n}"].weight, hashed=False)
+            n: hash_scale_bag(jts[n].values(), jts[n].offsets(), self.table_weight(f"t_{n}"), hashed=False)
             for n in self.small
         }
         for name in self.big:
@@ -331,25 +347,34 @@ class MixedDimEmbedding(CompressedEmbedding):
         fidx = value_keys(big)  # (nnz_c,) compressed feature of each value
         ids, b = big.values().to(torch.int64), big.stride()
         block, row = self._locate_all(ids, fidx)
-        target = self._key_target[self._key_start_t[fidx] + block]  # wide keys, then width-1, width-2
+        target = self._key_target[self._key_start_t[fidx] + block]  # wide, pooled narrow, unpooled narrow keys
         bag = bag_ids(big.lengths()) - fidx * b  # the value's bag within its feature
-        groups = [self._wide] + self._narrow_groups
+        groups = self._groups
         nkeys = sum(len(g) for g in groups)
         order = torch.sort(target, stable=True).indices  # stable: bag order inside every key
         per_key = torch.bincount(target, minlength=nkeys).tolist()
         lens = torch.bincount(target * b + bag, minlength=nkeys * b).to(torch.int32)
         sizes = [len(g) for g in groups]
-        vals = row[order].split([sum(per_key[a : a + n]) for a, n in zip(np.cumsum([0] + sizes[:-1]), sizes)])
+        starts = np.cumsum([0] + sizes[:-1]).tolist()
+        per_group = [sum(per_key[a : a + n]) for a, n in zip(starts, sizes)]
+        vals = row[order].split(per_group)
         lens_g = lens.split([n * b for n in sizes])
-        per_key_g = [per_key[a : a + n] for a, n in zip(np.cumsum([0] + sizes[:-1]).tolist(), sizes)]
-        values, lengths, lpk = vals[0], lens_g[0], per_key_g[0]
+        per_key_g = [per_key[a : a + n] for a, n in zip(starts, sizes)]
+        # the EBC: small features, wide blocks, one-hot packed blocks (row (v * w) // 4)
+        values = torch.cat([vals[0]] + [(vals[g] * w) // PACK for g, w in ((1, 1), (2, 2))])
+        lengths = torch.cat(lens_g[:3])
+        lpk = per_key_g[0] + per_key_g[1] + per_key_g[2]
         if small is not None:
             values = torch.cat([small.values().to(torch.int64), values])
             lengths = torch.cat([small.lengths().to(torch.int32), lengths])
             lpk = small.length_per_key() + lpk
-        pooled = self.ebc(KeyedJaggedTensor(keys=self.small + self._wide, values=values, lengths=lengths,
-                                            length_per_key=lpk)).to_dict()
-        pooled.update(self._narrow_all(groups[1:], vals[1:], lens_g[1:], per_key_g[1:], b))
+        pooled = self.ebc(KeyedJaggedTensor(keys=self.small + [k for g in groups[:3] for k in g], values=values,
+                                            lengths=lengths, length_per_key=lpk)).to_dict()
+        if sizes[1] or sizes[2]:
+            check_at_most_one(torch.cat(lens_g[1:3]), "mixed_dim packed blocks")
+            bags = (target[order] * b + bag[order]).split(per_group)  # each value's (key, bag) slot
+            pooled.update(self._pick_slots(groups[1:3], vals[1:3], bags[1:3], [starts[1], starts[2]], pooled, b))
+        pooled.update(self._narrow_all(groups[3:], vals[3:], lens_g[3:], per_key_g[3:], b))
         out = {n: pooled[n] for n in self.small}
         params = self.projections._parameters  # one module lookup, not one per block (nn.Module.__getattr__ is slow)
         for name in self.big:
@@ -378,6 +403,21 @@ class MixedDimEmbedding(CompressedEmbedding):
         block = torch.where(found, within, tail)
         row = torch.where(found, rank - self._bounds_flat[self._bounds_at[fidx] + block], ids)
         return block, row
+
+    def _pick_slots(self, groups, vals, bags, starts, pooled, b: int) -> Dict[str, torch.Tensor]:
+        """Packed blocks of one-hot features, pooled by the EBC into (B, 4) rows: each bag's
+        row IS its id's row (bags of <= 1 id; 0 when empty), so its w columns from (row * w)
+        % 4 on are the id's own, picked per bag -> {key: (B, w)}."""
+        out: Dict[str, torch.Tensor] = {}
+        for w, group, v, at, start in zip((1, 2), groups, vals, bags, starts):
+            if not group:
+                continue
+            n = len(group)
+            slot = v.new_zeros(n * b).index_copy_(0, at - start * b, (v * w) % PACK)  # (n * B,) key-major
+            cols = slot.view(n, b).t().unsqueeze(2) + torch.arange(w, device=v.device)  # (B, n, w)
+            rows = torch.stack([pooled[k] for k in group], dim=1).gather(2, cols)  # (B, n, w)
+            out.update(zip(group, rows.unbind(1)))
+        return out
 
     def _narrow_all(self, groups, vals, lens, per_key, b: int) -> Dict[str, torch.Tensor]:
         """Pooled outputs of the packed blocks, one group per width (1, 2): one unpooled lookup

@@ -7,8 +7,13 @@ beyond about sqrt(N)/2.
 
 Composed PER ID, then pooled: sum_j W_q[q_j] * W_r[r_j]. The dlrm reference pools each
 table first and composes the two sums, which is wrong for multi-hot bags (dlrm issue #366).
-The two lookups are one unpooled stock ``EmbeddingCollection`` (keys f__q, f__r), so FBGEMM
-does them and DMP can shard both tables; compose + pool runs on the looked-up rows.
+For multi-hot features the two lookups are one unpooled stock ``EmbeddingCollection`` (keys
+f__q, f__r), so FBGEMM does them and DMP can shard both tables; compose + pool runs on the
+looked-up rows. One-hot features (the schema's ``multi_hot`` False: bags of at most one id)
+take a fast path: their W_q and W_r are pooled tables of ONE ``EmbeddingBagCollection`` with
+the small features' full tables, and compose after pooling, which is exact there (a bag of
+one id pools to its row; an empty bag to 0, and 0 * 0 = 0 + 0 = 0): FBGEMM's pooled CPU
+backward costs a fraction of the unpooled one (docs/speed.md).
 Initialisation (the reference draws U(sqrt(1/N), 1), not a symmetric range): for ``mult``,
 W_r ~ U(1 - x, 1 + x) so the start is close to a plain table W_q; W_q (and for add/concat
 both) ~ U(-sqrt(1/N), sqrt(1/N)) as a full table of N rows would be.
@@ -23,17 +28,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
-from torchrec.modules.embedding_configs import EmbeddingConfig
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from compactrec.embeddings.accounting import FP32
 from compactrec.embeddings.base import (
-    CompressedEmbedding, full_config, is_local, join_rows, split_features, split_kjt, sum_pool, table_device,
-    value_keys,
+    CompressedEmbedding, check_one_hot, full_config, group_columns, group_kjt, is_local, join_rows, one_hot_split,
+    split_features, sum_pool, table_device, value_keys,
 )
 from compactrec.embeddings.budget import BudgetError, bisect, full_table_bytes
 from compactrec.embeddings.seen import SeenIds, seen_bytes
@@ -75,17 +80,34 @@ class QREmbedding(CompressedEmbedding):
         small, big = split_features(schema, small_field_rows)
         self.small = [f.name for f in small]
         self.big = [f.name for f in big]
-        self.full = EmbeddingBagCollection(tables=[full_config(f, dim) for f in small], device=table_device(device)) if small else None
+        self.onehot, self.multi = one_hot_split(big)  # pooled fast path / unpooled compose-then-pool
         part = dim // 2 if cfg.operation == "concat" else dim
+        self.part = part
+        q_bags: List[EmbeddingBagConfig] = []
+        r_bags: List[EmbeddingBagConfig] = []
         tables: List[EmbeddingConfig] = []
         for f in big:
             m = plan.collisions[f.name]
             bound = math.sqrt(1.0 / f.cardinality)
             r_lo, r_hi = (1 - cfg.remainder_init, 1 + cfg.remainder_init) if cfg.operation == "mult" else (-bound, bound)
             q_rows = -(-f.cardinality // m) + int(cfg.reserve_unseen)  # last: the reserved row
-            tables.append(self._table(f"qr_q_{f.name}", f"{f.name}__q", q_rows, part, -bound, bound))
-            tables.append(self._table(f"qr_r_{f.name}", f"{f.name}__r", m, part, r_lo, r_hi))
-        self.ec = EmbeddingCollection(tables=tables, device=table_device(device))
+            q = (f"qr_q_{f.name}", f"{f.name}__q", q_rows, part, -bound, bound)
+            r = (f"qr_r_{f.name}", f"{f.name}__r", m, part, r_lo, r_hi)
+            if f.multi_hot:
+                tables += [self._table(*q), self._table(*r)]
+            else:
+                q_bags.append(self._bag(*q))
+                r_bags.append(self._bag(*r))
+        # Table order = the pooled output's key order: small features, then all W_q, then all
+        # W_r, so the one-hot W_q rows are one (B, F_1 * d) block and W_r another.
+        bags = [full_config(f, dim) for f in small] + q_bags + r_bags
+        self.ebc = EmbeddingBagCollection(tables=bags, device=table_device(device)) if bags else None
+        self.ec = EmbeddingCollection(tables=tables, device=table_device(device)) if tables else None
+        # each group's features as indices into ``big`` (the per-feature buffers' order)
+        self.register_buffer("_onehot_at", torch.tensor([self.big.index(n) for n in self.onehot], dtype=torch.int64,
+                                                        device=device), persistent=False)
+        self.register_buffer("_multi_at", torch.tensor([self.big.index(n) for n in self.multi], dtype=torch.int64,
+                                                       device=device), persistent=False)
         self.register_buffer(
             "collisions", torch.tensor([plan.collisions[n] for n in self.big], dtype=torch.int64, device=device),
             persistent=False,
@@ -112,6 +134,13 @@ class QREmbedding(CompressedEmbedding):
     def _table(name: str, feature: str, rows: int, dim: int, lo: float, hi: float) -> EmbeddingConfig:
         return EmbeddingConfig(
             name=name, embedding_dim=dim, num_embeddings=rows, feature_names=[feature],
+            weight_init_min=lo, weight_init_max=hi,
+        )
+
+    @staticmethod
+    def _bag(name: str, feature: str, rows: int, dim: int, lo: float, hi: float) -> EmbeddingBagConfig:
+        return EmbeddingBagConfig(
+            name=name, embedding_dim=dim, num_embeddings=rows, feature_names=[feature], pooling=PoolingType.SUM,
             weight_init_min=lo, weight_init_max=hi,
         )
 
@@ -143,49 +172,93 @@ class QREmbedding(CompressedEmbedding):
 
     def _embed_fused(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
         """Unsharded: one fused qr_bag per feature (compose per id, pool) on the weights."""
-        from compactrec.kernels import qr_bag
+        from compactrec.kernels import hash_scale_bag, qr_bag
 
         jts = features.to_dict()
-        out: Dict[str, torch.Tensor] = {}
-        if self.full is not None:
-            out.update(self.full(KeyedJaggedTensor.from_jt_dict({n: jts[n] for n in self.small})).to_dict())
+        out: Dict[str, torch.Tensor] = {  # small features' full tables: a plain bag on their weights
+            n: hash_scale_bag(jts[n].values(), jts[n].offsets(), self.table_weight(f"t_{n}"), hashed=False)
+            for n in self.small
+        }
         for j, name in enumerate(self.big):
             jt = jts[name]
             out[name] = qr_bag(
-                self.scattered(j, jt.values()), jt.offsets(), self.ec.embeddings[f"qr_q_{name}"].weight,
-                self.ec.embeddings[f"qr_r_{name}"].weight, collisions=int(self.collisions[j]), operation=self.operation,
+                self.scattered(j, jt.values()), jt.offsets(), self.table_weight(f"qr_q_{name}"),
+                self.table_weight(f"qr_r_{name}"), collisions=int(self.collisions[j]), operation=self.operation,
             )
         return out
 
+    def _split_ids(self, kjt: KeyedJaggedTensor, at: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Quotient and remainder ids (nnz,) of every value of ``kjt`` (features ``at`` of
+        ``big``): one scatter, one division for all its features."""
+        fidx = at[value_keys(kjt)]  # (nnz,): index in ``big`` of each value's feature
+        ids = self.scattered_all(kjt.values(), fidx)
+        m = self.collisions[fidx]
+        return torch.div(ids, m, rounding_mode="floor"), ids % m
+
     def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
-        if self.fused and self.operation != "concat" and is_local(self.full, self.ec):
+        if self.fused and self.operation != "concat" and is_local(self.ebc, self.ec):
             return self._embed_fused(features)  # the fused op has mult and add
+        small, onehot, multi = group_kjt(features, [self.small, self.onehot, self.multi])
+        out: Dict[str, torch.Tensor] = {}
+        if small is not None or onehot is not None:
+            out.update(self._embed_pooled(small, onehot))
+        if multi is not None:
+            out.update(self._embed_multi(multi))
+        return out
+
+    def _embed_pooled(self, small: Optional[KeyedJaggedTensor], onehot: Optional[KeyedJaggedTensor]) -> Dict[
+        str, torch.Tensor
+    ]:
+        """Small features and one-hot compressed ones: ONE pooled lookup, then W_q (op) W_r on
+        the pooled (B, F_1 * part) blocks (exact for bags of <= 1 id) -> {feature: (B, d)}."""
+        parts = [small] if small is not None else []
+        if onehot is not None:
+            check_one_hot(onehot)
+            q, r = self._split_ids(onehot, self._onehot_at)
+            lengths, per_key = onehot.lengths(), onehot.length_per_key()
+            parts.append(KeyedJaggedTensor(
+                keys=[f"{n}__q" for n in self.onehot] + [f"{n}__r" for n in self.onehot], values=torch.cat([q, r]),
+                lengths=torch.cat([lengths, lengths]), length_per_key=per_key * 2,
+            ))
+        kjt = parts[0] if len(parts) == 1 else KeyedJaggedTensor(
+            keys=parts[0].keys() + parts[1].keys(),
+            values=torch.cat([parts[0].values().to(torch.int64), parts[1].values()]),
+            lengths=torch.cat([p.lengths().to(torch.int32) for p in parts]),
+            length_per_key=parts[0].length_per_key() + parts[1].length_per_key(),
+        )
+        groups = [[n] for n in self.small]
+        if onehot is not None:
+            groups += [[f"{n}__q" for n in self.onehot], [f"{n}__r" for n in self.onehot]]
+        cols = group_columns(self.ebc(kjt), groups)
+        out = dict(zip(self.small, cols))
+        if onehot is not None:
+            q_rows, r_rows = cols[-2], cols[-1]  # (B, F_1 * part) each
+            if self.operation == "concat":
+                b, f1 = q_rows.shape[0], len(self.onehot)
+                composed = torch.cat([q_rows.view(b, f1, self.part), r_rows.view(b, f1, self.part)], dim=2).view(b, -1)
+            else:
+                composed = self.compose(q_rows, r_rows)
+            out.update(zip(self.onehot, composed.split(self.dim, dim=1)))
+        return out
+
+    def _embed_multi(self, multi: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+        """Multi-hot compressed features: one unpooled lookup, compose per id, then pool (pooling
+        first would be wrong: sum q * sum r != sum q * r)."""
         from compactrec.kernels import qr_compose_pool
 
-        small, big = split_kjt(features, self.small, self.big)
-        out: Dict[str, torch.Tensor] = {}
-        if self.full is not None:
-            out.update(self.full(small).to_dict())
-        if big is None:
-            return out
-        # Every compressed feature at once: one division, one lookup, one compose + pool
-        # over the F_c * B bags (key-major, as the KJT).
-        fidx = value_keys(big)  # (nnz,): compressed feature of each value
-        ids, lengths, per_key = self.scattered_all(big.values(), fidx), big.lengths(), big.length_per_key()
-        m = self.collisions[fidx]  # (nnz,): m of each value's feature
+        q_ids, r_ids = self._split_ids(multi, self._multi_at)
+        lengths, per_key = multi.lengths(), multi.length_per_key()
         rows = self.ec(KeyedJaggedTensor(
-            keys=[f"{n}__q" for n in self.big] + [f"{n}__r" for n in self.big],
-            values=torch.cat([torch.div(ids, m, rounding_mode="floor"), ids % m]),
-            lengths=torch.cat([lengths, lengths]), length_per_key=per_key * 2,
+            keys=[f"{n}__q" for n in self.multi] + [f"{n}__r" for n in self.multi],
+            values=torch.cat([q_ids, r_ids]), lengths=torch.cat([lengths, lengths]), length_per_key=per_key * 2,
         ))
-        q = join_rows([rows[f"{n}__q"].values() for n in self.big])  # (nnz, d)
-        r = join_rows([rows[f"{n}__r"].values() for n in self.big])
+        q = join_rows([rows[f"{n}__q"].values() for n in self.multi])  # (nnz, d)
+        r = join_rows([rows[f"{n}__r"].values() for n in self.multi])
         if self.operation == "concat":
             pooled = sum_pool(self.compose(q, r), lengths)
         else:  # compose per id, then pool, in one op (fused on GPU)
-            pooled = qr_compose_pool(q, r, big.offsets(), operation=self.operation)
-        out.update(zip(self.big, pooled.split(big.stride())))  # (B, d) per feature
-        return out
+            pooled = qr_compose_pool(q, r, multi.offsets(), operation=self.operation)
+        return dict(zip(self.multi, pooled.split(multi.stride())))  # (B, d) per feature
 
 
 def _width(dim: int, cfg: QRConfig) -> int:

@@ -34,8 +34,8 @@ DIM = 6  # not a power of two on purpose
 SCHEMA = FeatureSchema(
     label="label",
     dense=("d0",),
-    sparse=(SparseFeature("a", 5), SparseFeature("b", 50), SparseFeature("c", 37)),
-)
+    sparse=(SparseFeature("a", 5), SparseFeature("b", 50, multi_hot=True), SparseFeature("c", 37, multi_hot=True)),
+)  # the bags below are multi-hot (the one-hot fast path: tests/unit/test_one_hot_path.py)
 SMALL = 10  # feature "a" (5 ids) keeps a full table
 
 
@@ -99,12 +99,12 @@ def test_qr_with_one_collision_is_the_full_table(scatter: bool):
     full = _full_with_weights()
     emb = QREmbedding(SCHEMA, DIM, QRConfig(operation="mult", scatter=scatter), QRPlan({"b": 1, "c": 1}), SMALL)
     with torch.no_grad():
-        emb.full.embedding_bags["t_a"].weight.copy_(_weights(full, "a"))
+        emb.table_weight("t_a").copy_(_weights(full, "a"))
         for j, f in enumerate(("b", "c")):
             w = _weights(full, f)
             rows = emb.scattered(j, torch.arange(w.shape[0]))  # id i lives in W_q row s(i)
-            emb.ec.embeddings[f"qr_q_{f}"].weight[rows] = w
-            emb.ec.embeddings[f"qr_r_{f}"].weight.fill_(1.0)
+            emb.table_weight(f"qr_q_{f}")[rows] = w
+            emb.table_weight(f"qr_r_{f}").fill_(1.0)
     kjt = _random_bags(7, 4, 1)
     _close(emb(kjt), full(kjt))
 
@@ -131,10 +131,10 @@ def test_memcom_with_unit_scales_and_enough_rows_is_the_full_table():
     full = _full_with_weights()
     emb = MemComEmbedding(SCHEMA, DIM, MemComConfig(hash="identity", scale_init=1.0), MemComPlan({"b": 50, "c": 37}), SMALL)
     with torch.no_grad():
-        emb.full.embedding_bags["t_a"].weight.copy_(_weights(full, "a"))
+        emb.table_weight("t_a").copy_(_weights(full, "a"))
         for f in ("b", "c"):
-            emb.shared.embeddings[f"memcom_E_{f}"].weight.copy_(_weights(full, f))
-            assert bool((emb.scales.embeddings[f"memcom_w_{f}"].weight == 1.0).all())  # the init
+            emb.table_weight(f"memcom_E_{f}").copy_(_weights(full, f))
+            assert bool((emb.table_weight(f"memcom_w_{f}") == 1.0).all())  # the init
     kjt = _random_bags(7, 4, 2)
     _close(emb(kjt), full(kjt))
 
@@ -217,7 +217,7 @@ def test_qr_differs_from_pool_then_compose():
         for p in emb.parameters():
             p.normal_()
     kjt = _kjt({"a": [[0]], "b": [[1, 6]], "c": [[2]]})
-    q, r = emb.ec.embeddings["qr_q_b"].weight, emb.ec.embeddings["qr_r_b"].weight
+    q, r = emb.table_weight("qr_q_b"), emb.table_weight("qr_r_b")
     (q1, q6), (r1, r6) = (emb.scattered(0, torch.tensor([1, 6])).div(4, rounding_mode="floor").tolist(),
                           (emb.scattered(0, torch.tensor([1, 6])) % 4).tolist())
     pooled_first = (q[q1] + q[q6]) * (r[r1] + r[r6])

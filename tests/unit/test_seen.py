@@ -62,7 +62,7 @@ def _reserved_row(emb, kind: str, feature: str) -> torch.Tensor:
     if kind == "hash":
         return emb.ebc.embedding_bags[f"hash_{feature}"].weight[-1]
     if kind == "qr":
-        return emb.ec.embeddings[f"qr_q_{feature}"].weight[-1] * emb.ec.embeddings[f"qr_r_{feature}"].weight[0]
+        return emb.table_weight(f"qr_q_{feature}")[-1] * emb.table_weight(f"qr_r_{feature}")[0]
     return emb.ebc.embedding_bags[hash_table(feature, 0)].weight[-1]
 
 
@@ -95,7 +95,7 @@ def test_reserved_rows_get_no_gradient_in_training(kind: str):
         if kind == "hash":
             grad = emb.ebc.embedding_bags[f"hash_{f}"].weight.grad[-1]
         elif kind == "qr":
-            grad = emb.ec.embeddings[f"qr_q_{f}"].weight.grad[-1]
+            grad = emb.table_weight(f"qr_q_{f}").grad[-1]
         else:
             grad = emb.ebc.embedding_bags[hash_table(f, 0)].weight.grad[-1]
         assert float(grad.abs().sum()) == 0.0, f
