@@ -149,6 +149,20 @@ def one_hot_split(features: List[SparseFeature]) -> Tuple[List[str], List[str]]:
     return [f.name for f in features if not f.multi_hot], [f.name for f in features if f.multi_hot]
 
 
+def embed_pooled_and_multi(module: nn.Module, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+    """The sharded step of a method with the one-hot fast path (QR, MEmCom): ``module``'s
+    ``small`` and ``onehot`` features through ONE pooled lookup (``_embed_pooled(small,
+    onehot)``), its ``multi`` ones composed before pooling (``_embed_multi(multi)``)
+    -> {feature: (B, d)}."""
+    small, onehot, multi = group_kjt(features, [module.small, module.onehot, module.multi])
+    out: Dict[str, torch.Tensor] = {}
+    if small is not None or onehot is not None:
+        out.update(module._embed_pooled(small, onehot))
+    if multi is not None:
+        out.update(module._embed_multi(multi))
+    return out
+
+
 def check_one_hot(kjt: KeyedJaggedTensor) -> None:
     """Raise if a bag of ``kjt`` (features the schema says are one-hot) holds more than one
     id: the pooled fast path composes after pooling, which is exact only for bags of <= 1."""

@@ -47,8 +47,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from compactrec.embeddings.accounting import FP32
 from compactrec.embeddings.base import (
-    CompressedEmbedding, check_one_hot, full_config, group_columns, group_kjt, is_local, join_rows, one_hot_split,
-    per_bag, split_features, table_device, value_keys,
+    CompressedEmbedding, check_one_hot, embed_pooled_and_multi, full_config, group_columns, is_local, join_rows,
+    one_hot_split, per_bag, split_features, table_device, value_keys,
 )
 from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
 from compactrec.trainer.config import MemComConfig
@@ -139,13 +139,7 @@ class MemComEmbedding(CompressedEmbedding):
         scales; one-hot features compose after pooling, multi-hot ones before (``scale_pool``)."""
         if self.fused and self._fusable and is_local(self.ebc, self.shared, self.scales):
             return self._embed_fused(features)
-        small, onehot, multi = group_kjt(features, [self.small, self.onehot, self.multi])
-        out: Dict[str, torch.Tensor] = {}
-        if small is not None or onehot is not None:
-            out.update(self._embed_pooled(small, onehot))
-        if multi is not None:
-            out.update(self._embed_multi(multi))
-        return out
+        return embed_pooled_and_multi(self, features)
 
     def _embed_pooled(self, small: Optional[KeyedJaggedTensor], onehot: Optional[KeyedJaggedTensor]) -> Dict[
         str, torch.Tensor

@@ -37,8 +37,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from compactrec.embeddings.accounting import FP32
 from compactrec.embeddings.base import (
-    CompressedEmbedding, check_one_hot, full_config, group_columns, group_kjt, is_local, join_rows, one_hot_split,
-    split_features, sum_pool, table_device, value_keys,
+    CompressedEmbedding, check_one_hot, embed_pooled_and_multi, full_config, group_columns, is_local, join_rows,
+    one_hot_split, split_features, sum_pool, table_device, value_keys,
 )
 from compactrec.embeddings.budget import BudgetError, bisect, full_table_bytes
 from compactrec.embeddings.seen import SeenIds, seen_bytes
@@ -198,13 +198,7 @@ class QREmbedding(CompressedEmbedding):
     def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
         if self.fused and self.operation != "concat" and is_local(self.ebc, self.ec):
             return self._embed_fused(features)  # the fused op has mult and add
-        small, onehot, multi = group_kjt(features, [self.small, self.onehot, self.multi])
-        out: Dict[str, torch.Tensor] = {}
-        if small is not None or onehot is not None:
-            out.update(self._embed_pooled(small, onehot))
-        if multi is not None:
-            out.update(self._embed_multi(multi))
-        return out
+        return embed_pooled_and_multi(self, features)
 
     def _embed_pooled(self, small: Optional[KeyedJaggedTensor], onehot: Optional[KeyedJaggedTensor]) -> Dict[
         str, torch.Tensor
