@@ -123,11 +123,11 @@ class QREmbedding(CompressedEmbedding):
         # reserved W_q row (never trained: it keeps its small init) times W_r[0]; the product
         # of two trained rows would hand a new id other ids' embedding.
         self.seen = SeenIds([f.cardinality for f in big], device) if cfg.reserve_unseen else None
-        self.reserved_ids = [-(-f.cardinality // plan.collisions[f.name]) * plan.collisions[f.name] for f in big]
+        reserved_ids = [-(-f.cardinality // plan.collisions[f.name]) * plan.collisions[f.name] for f in big]
         # per-feature offsets into SeenIds' global id space and reserved ids, for every feature at once
         starts = self.seen.starts if self.seen is not None else [0] * len(big)
         self.register_buffer("seen_starts", torch.tensor(starts, dtype=torch.int64, device=device), persistent=False)
-        self.register_buffer("reserved", torch.tensor(self.reserved_ids, dtype=torch.int64, device=device),
+        self.register_buffer("reserved", torch.tensor(reserved_ids, dtype=torch.int64, device=device),
                              persistent=False)
 
     @staticmethod
@@ -147,11 +147,7 @@ class QREmbedding(CompressedEmbedding):
     def scattered(self, j: int, ids: torch.Tensor) -> torch.Tensor:
         """Ids (nnz,) of compressed feature j -> a_j * id mod N_j (int64, same device), and
         with ``reserve_unseen`` the reserved id ceil(N/m) * m for ids never trained."""
-        ids = ids.to(torch.int64)
-        out = ids if not self.cfg_scatter else ids * self.scatter_mult[j] % self.cards[j]
-        if self.seen is None:
-            return out
-        return self.seen.route(self.seen.global_ids(j, ids), out, out.new_tensor(self.reserved_ids[j]))
+        return self.scattered_all(ids, torch.full_like(ids, j, dtype=torch.int64))
 
     def scattered_all(self, ids: torch.Tensor, fidx: torch.Tensor) -> torch.Tensor:
         """``scattered`` for the values of every compressed feature at once: ids (nnz,), fidx
