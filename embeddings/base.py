@@ -102,7 +102,9 @@ class CompressedEmbedding(nn.Module):
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """features: KJT with the schema's keys -> KeyedTensor, values (B, F * dim)."""
         pooled = self.embed(features)
-        values = torch.cat([pooled[name] for name in self.feature_names], dim=1)
+        # fp32 out at every embedding.precision, as FBGEMM's lookups (output_dtype) under DMP;
+        # the unsharded fused kernels return the tables' dtype. A no-op at fp32.
+        values = torch.cat([pooled[name] for name in self.feature_names], dim=1).float()
         return KeyedTensor(
             keys=self.feature_names,
             length_per_key=[self.dim] * len(self.feature_names),

@@ -1,7 +1,9 @@
 """``embedding.kind`` -> the embedding module (KeyedJaggedTensor in, KeyedTensor out).
 
 Sizes come from the method's own sub-config when given (``embedding.hash.rows``, ...), else
-from ``compression`` (a ratio or a byte budget) through the method's planner.
+from ``compression`` (a ratio or a byte budget) through the method's planner. Tables are
+stored at ``embedding.precision`` (``embeddings/precision.py``); below fp32 the budget is
+met by the build at that precision, not by the planner's fp32 arithmetic.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from compactrec.embeddings.accounting import full_embedding_bytes
+from compactrec.embeddings.accounting import full_embedding_bytes, module_bytes
 from compactrec.embeddings.budget import BudgetError, budget_bytes
 from compactrec.embeddings.full import build_full
 from compactrec.embeddings.mixed_dim import CountsFn
+from compactrec.embeddings.precision import element_size, set_table_precision
 from compactrec.trainer.config import CompressionConfig, EmbeddingConfig
 from compactrec.data.reader.manifest import FeatureSchema
 
@@ -75,7 +78,7 @@ def build_embeddings(
     counts = _cached(counts)
     budget = None if cfg.kind == "full" else _budget(compression, schema, dim)  # full ignores `compression`
     try:
-        module = _build(cfg, budget, schema, dim, device, counts, cfg.small_field_rows)
+        module = _build_at(cfg, budget, schema, dim, device, counts, cfg.small_field_rows)
     except BudgetError as first:
         if budget is None:
             raise
@@ -100,19 +103,22 @@ def _without_small_fields(cfg: EmbeddingConfig, compression: CompressionConfig, 
     reason = first
     if cfg.small_field_rows > 0:
         try:
-            module = _build(cfg, budget, schema, dim, device, counts, 0)
+            module = _build_at(cfg, budget, schema, dim, device, counts, 0)
             small = [f.name for f in schema.sparse if 1 < f.cardinality <= cfg.small_field_rows]
             print(f"compactrec: {cfg.kind}: the budget needs the small features compressed too "
                   f"(embedding.small_field_rows={cfg.small_field_rows} would keep {len(small)} whole)", flush=True)
             return module
         except BudgetError as e:
             reason = e  # the same build as the bisection below (small features compressed): one story
+    if cfg.precision != "fp32":
+        reason = f"{reason} (the planner's own figures count fp32 tables)"
     full = full_embedding_bytes(schema, dim)
     best = reachable_ratio(cfg, schema, dim, counts)
     asked = f"{compression.ratio:g}x" if compression.ratio is not None else f"{full / budget:.1f}x"
+    at = f" at embedding.precision={cfg.precision}" if cfg.precision != "fp32" else ""
     raise BudgetError(
-        f"{cfg.kind} cannot reach {asked} ({budget:,} bytes for {full:,} of full tables): {reason}. "
-        f"{cfg.kind} reaches at most {best:.1f}x here"
+        f"{cfg.kind} cannot reach {asked} ({budget:,} bytes for {full:,} of full fp32 tables): {reason}. "
+        f"{cfg.kind} reaches at most {best:.1f}x here{at}"
     ) from None
 
 
@@ -126,7 +132,7 @@ def reachable_ratio(cfg: EmbeddingConfig, schema: FeatureSchema, dim: int, count
 
     def ok(ratio: float) -> bool:
         try:
-            _build(cfg, int(full / ratio), schema, dim, meta, counts, 0)
+            _build_at(cfg, int(full / ratio), schema, dim, meta, counts, 0)
             return True
         except BudgetError:
             return False
@@ -140,6 +146,44 @@ def reachable_ratio(cfg: EmbeddingConfig, schema: FeatureSchema, dim: int, count
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if ok(math.exp(mid)) else (lo, mid)
     return math.exp(lo)
+
+
+def _build_at(
+    cfg: EmbeddingConfig,
+    budget: Optional[int],
+    schema: FeatureSchema,
+    dim: int,
+    device: Optional[torch.device],
+    counts: Optional[CountsFn],
+    small: int,
+) -> nn.Module:
+    """The method with its tables at ``cfg.precision``, within ``budget`` bytes.
+
+    Below fp32 the planners' fp32 arithmetic would leave bytes unused, so this searches the
+    fp32 budget ``b`` handed to the planner: the largest ``b`` whose build at the precision
+    (on meta: shapes only) still fits ``budget``. The predicate "the planner refuses ``b``, or
+    the build fits" is monotone in ``b`` (bigger budgets give bigger modules; the planner
+    refuses only below its minimum), so bisection finds it; a planner that refuses the answer
+    means the method cannot reach ``budget`` at any ``b``.
+    """
+    if budget is None or cfg.precision == "fp32":
+        return set_table_precision(_build(cfg, budget, schema, dim, device, counts, small), cfg.precision)
+    meta = torch.device("meta")
+
+    def fits_or_refused(b: int) -> bool:
+        try:
+            built = set_table_precision(_build(cfg, b, schema, dim, meta, counts, small), cfg.precision)
+        except BudgetError:
+            return True
+        return module_bytes(built) <= budget
+
+    lo, hi = budget, budget * 4 // element_size(cfg.precision) + 1  # at fp32, ``budget`` fits by construction
+    if fits_or_refused(hi):
+        lo = hi
+    while hi - lo > max(1, lo >> 14):  # to 1/16384 of the budget: ~15 meta builds
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits_or_refused(mid) else (lo, mid)
+    return set_table_precision(_build(cfg, lo, schema, dim, device, counts, small), cfg.precision)
 
 
 def _build(

@@ -23,8 +23,6 @@ from compactrec.data.reader.manifest import FeatureSchema, SparseFeature, manife
 from compactrec.sharding.planner import DENSE_RESERVE
 
 GB = 1024**3
-# Sparse optimizer state in bytes per (row, column) of a shard: (per row, per element)
-_STATE = {"rowwise_adagrad": (4, 0), "adagrad": (0, 4), "sgd": (0, 0)}
 
 
 @dataclass
@@ -63,14 +61,17 @@ def build_meta_model(cfg: RunConfig, schema: FeatureSchema) -> nn.Module:
     return model
 
 
-def _table_shapes(model: nn.Module) -> Dict[str, Tuple[int, int]]:
-    from compactrec.sharding.planner import _tables_inside
+def _table_shapes(model: nn.Module) -> Dict[str, Tuple[int, int, int]]:
+    """Table name -> (rows, dim, bytes per stored value at its ``data_type``)."""
+    from torchrec.modules.embedding_configs import data_type_to_dtype
+
+    from compactrec.embeddings.precision import collections
 
     shapes = {}
-    for m in _tables_inside(model):
-        configs = m.embedding_bag_configs() if hasattr(m, "embedding_bag_configs") else m.embedding_configs()
+    for _, configs, _ in collections(model):
         for c in configs:
-            shapes[c.name] = (c.num_embeddings, c.embedding_dim)
+            elem = torch.tensor([], dtype=data_type_to_dtype(c.data_type)).element_size()
+            shapes[c.name] = (c.num_embeddings, c.embedding_dim, elem)
     return shapes
 
 
@@ -78,20 +79,22 @@ def plan_rows(model: nn.Module, plan: ShardingPlan, sparse_optimizer: str) -> Tu
     """Per table, the bytes each rank holds; and the bytes every rank replicates."""
     from compactrec.sharding.planner import method_state
 
+    from compactrec.embeddings.precision import OPTIMIZER_STATE, STATE_BYTES
+
     per_row_extra, replicated = method_state(model)
-    per_row_state, per_elem_state = _STATE[sparse_optimizer]
+    per_row_state, per_elem_state = (n * STATE_BYTES for n in OPTIMIZER_STATE[sparse_optimizer])
     shapes = _table_shapes(model)
     rows: List[TableRow] = []
     for module_plan in plan.plan.values():
         for table, ps in module_plan.items():  # type: ignore[union-attr]
             per_rank: Dict[int, int] = {}
-            _, dim = shapes[table]
+            rows_, dim, elem = shapes[table]
             for shard in ps.sharding_spec.shards:  # type: ignore[union-attr]
                 r, c = shard.shard_sizes
                 rank = shard.placement.rank()
-                b = r * c * (4 + per_elem_state) + r * per_row_state + int(r * per_row_extra.get(table, 0) * c / dim)
+                b = r * c * (elem + per_elem_state) + r * per_row_state + int(r * per_row_extra.get(table, 0) * c / dim)
                 per_rank[rank] = per_rank.get(rank, 0) + b
-            rows.append(TableRow(table, shapes[table], ps.sharding_type, per_rank))
+            rows.append(TableRow(table, (rows_, dim), ps.sharding_type, per_rank))
     return rows, replicated
 
 
@@ -227,9 +230,12 @@ def make_plan(cfg: RunConfig, world: int, hbm_gb: Optional[float], local_world: 
     headroom. Raises ``PlanDoesNotFit`` (one paragraph) when the tables do not fit."""
     from torchrec.distributed.planner.types import PlannerError
 
+    from compactrec.embeddings.precision import check_precision
+
+    device = "cuda" if hbm_gb is not None or cfg.cluster.use_gpu else "cpu"
+    check_precision(cfg.embedding.precision, torch.device(device))
     schema, source = plan_schema(cfg)
     model = build_meta_model(cfg, schema)
-    device = "cuda" if hbm_gb is not None or cfg.cluster.use_gpu else "cpu"
     local_world = local_world or world
     options: list = []
     try:
@@ -244,7 +250,7 @@ def make_plan(cfg: RunConfig, world: int, hbm_gb: Optional[float], local_world: 
 
     used, full = module_bytes(emb), full_embedding_bytes(schema, cfg.model.embedding_dim)
     title = (
-        f"{cfg.name}: {cfg.embedding.kind}, {world} ranks = {_hosts(world // local_world)} x {local_world} ({device}"
+        f"{cfg.name}: {cfg.embedding.kind} ({cfg.embedding.precision} tables), {world} ranks = {_hosts(world // local_world)} x {local_world} ({device}"
         + (f", {hbm_gb:g} GB HBM each" if hbm_gb else "")
         + f", batch {cfg.data.batch_size} per rank); embeddings {_gb(used)} GB vs full {_gb(full)} GB = "
         + f"{full / used:.1f}x; schema from {source}"

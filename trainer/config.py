@@ -157,6 +157,7 @@ class EmbeddingConfig:
     kind: str = "full"  # full | hash | qr | memcom | mixed_dim | cafe | robe
     small_field_rows: int = 200  # features with at most this many ids keep a full table
     max_table_rows: int = 1_000_000_000  # a table above this is an error before training (raw ids?)
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (CUDA only): storage of every table (embeddings/precision.py)
     hash: HashConfig = field(default_factory=HashConfig)
     qr: QRConfig = field(default_factory=QRConfig)
     memcom: MemComConfig = field(default_factory=MemComConfig)

@@ -85,6 +85,7 @@ _RULES: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
     ("model.dcn_low_rank_dim", lambda v: v >= 1, ">= 1"),
     ("embedding.small_field_rows", lambda v: v >= 0, ">= 0"),
     ("embedding.max_table_rows", lambda v: v >= 1, ">= 1"),
+    ("embedding.precision", lambda v: v in ("fp32", "fp16", "bf16"), "one of fp32, fp16, bf16 (bf16: CUDA only)"),
     ("embedding.mixed_dim.num_blocks", lambda v: v >= 1, ">= 1"),
     ("embedding.mixed_dim.sample_rows", lambda v: v >= 1, ">= 1"),
     ("embedding.cafe.levels", lambda v: v >= 1, ">= 1"),

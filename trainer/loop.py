@@ -20,6 +20,7 @@ from torch import nn
 
 from compactrec.embeddings.accounting import embedding_report
 from compactrec.embeddings.base import tables_on
+from compactrec.embeddings.precision import check_precision
 from compactrec.embeddings.factory import build_embeddings
 from compactrec.sharding.env import DistEnv, all_gather_object, all_reduce_sum, node_id
 from compactrec.sharding.planner import local_world_size_of_job
@@ -298,17 +299,14 @@ def train(
     checkpoint every ``trainer.checkpoint_every`` steps and at the end, evaluate, return
     (and on rank 0 write) metrics."""
     check_dense_engine(cfg.dense)  # a missing package fails before data and model are built
+    check_precision(cfg.embedding.precision, env.device)  # bf16 tables have no FBGEMM CPU kernels
     manifest = read_manifest(cfg.data.path)
     manifest = dc_replace(manifest, schema=trainable_schema(manifest.schema, _say if env.is_main else None))
     # Tables on meta, the rest on the rank's device: DMP materialises only this rank's shards
     # (no host ever holds the whole model), dense parts and id maps are built where they run.
     with tables_on("meta"):
         unsharded = build_train_model(cfg, manifest, env.device, env)
-    sizes = embedding_report(
-        embedding_module(unsharded),
-        manifest.schema,
-        cfg.model.embedding_dim,
-    )
+    sizes = embedding_report(embedding_module(unsharded), manifest.schema, cfg.model.embedding_dim, cfg.optim.sparse)
     model = shard_model(
         unsharded, cfg.sharding.types, cfg.sharding.per_table, env, data_parallel=cfg.dense.engine == "ddp",
         batch_size=cfg.data.batch_size,

@@ -7,6 +7,14 @@ The reference runs the global batch (world x local) on one process; each rank ru
 TorchRec (like DDP) averages gradients over ranks, so the mean of the ranks' losses is the
 reference's loss. Tolerances: losses rtol 1e-5; outputs atol 1e-5 (float32; FBGEMM's fused
 rowwise Adagrad and TorchRec's torch RowWiseAdagrad sum in different orders).
+fp16 tables (``embedding.precision=fp16``): FBGEMM reads fp16 rows, pools in fp32, keeps its
+optimizer state in fp32 and rounds each updated row to fp16 once. The reference does the same
+arithmetic: the same fp16 build, its tables cast to fp32 (exact), and every table rounded to
+fp16 after each step (torch's optimizers on fp16 parameters would compute in fp16: NaN at
+eps=1e-8). Tolerances: losses rtol 5e-6, outputs atol 2e-5 (CAFE 5e-4); without the rounding
+the reference is off by 2e-5 to 6e-5 in the loss and 8e-5 to 7e-3 in the outputs. The
+shards must hold fp16 weights and an fp32 optimizer state of the size the accounting
+reports (``sparse_optimizer_state_bytes``).
 CAFE: the sketch is sharded over the ranks (sharding/cafe.py) and must give the same hot
 ids as the single-process sketch while no shard runs out of hot slots (each shard hands out
 only its own): threshold 3 promotes the frequent ids at step 2-3, with count importance and
@@ -42,6 +50,9 @@ CASES = {
     "robe": ("robe", ["compression.ratio=8"]),  # Z = 8: pooled lookups per (feature, chunk)
     "robe_z1": ("robe", ["compression.ratio=8", "embedding.robe.block=1"]),  # packed rows of 4: unpooled + scale_pool
 }
+FP16 = {f"{case}_fp16": (kind, [*o, "embedding.precision=fp16"])
+        for case, (kind, o) in CASES.items() if case in ("full", "hash", "qr", "memcom", "mixed_dim", "cafe", "robe")}
+CASES.update(FP16)
 # The compactrec.kernels ops each method's sharded training step must run (counted at the
 # dispatch point): the composition over TorchRec's looked-up rows, and the id hashing.
 KERNEL_OPS = {
@@ -92,6 +103,9 @@ def _one(rank: int, world: int, data: str, case: str, sharding: str):
     env = DistEnv(rank, world, rank, torch.device("cpu"))
 
     ref = build_train_model(cfg, manifest)
+    fp16 = case in FP16
+    if fp16:
+        ref = _fp32_math(ref, cfg)
     ref_opt = build_optimizer(ref, cfg.optim)
     with tables_on("meta"):  # as the training loop builds it: DMP materialises the shards
         sharded = build_train_model(cfg, manifest, env.device)
@@ -106,12 +120,18 @@ def _one(rank: int, world: int, data: str, case: str, sharding: str):
 
     ref_losses, losses = [], []
     kernel_calls: Counter = Counter()  # ops of compactrec.kernels run by the DMP steps alone
+    from compactrec.embeddings.precision import sparse_optimizer_state_bytes
+
+    state_bytes = sum(all_gather_object(_fused_state_bytes(dmp)))
+    reported_state = sparse_optimizer_state_bytes(ref, cfg.optim.sparse)
     for _ in range(STEPS):
         batch = next(batches)
         loss, _ = ref(batch)
         ref_opt.zero_grad()
         loss.backward()
         ref_opt.step()
+        if fp16:
+            _round_tables(ref)
         ref_losses.append(float(loss))
         before_step = Counter(calls())
         loss, _ = dmp(slice_batch(batch, rank * LOCAL_B, (rank + 1) * LOCAL_B))
@@ -129,6 +149,8 @@ def _one(rank: int, world: int, data: str, case: str, sharding: str):
         _, (_, logits, _) = dmp(slice_batch(batch, rank * LOCAL_B, (rank + 1) * LOCAL_B))
     logits = torch.cat(all_gather_object(logits))
     after = local_shards(dmp)
+    table_dtypes = {str(v.dtype) for k, v in after.items()
+                    if v.numel() and v.is_floating_point() and (".embedding_bags." in k or ".embeddings." in k)}
     # trainable state: floating tensors (ids maps and the sketch are integer buffers / not trained)
     changed = {k: bool((after[k] != before[k]).any()) for k in before
                if after[k].numel() and after[k].is_floating_point() and ".sketch." not in k}
@@ -146,7 +168,42 @@ def _one(rank: int, world: int, data: str, case: str, sharding: str):
                 "reshard": _reshard_from_one_process(ref, batch, cfg, manifest, env, sharding, rank, world)}
     anywhere = {k: any(g.get(k, False) for g in gathered) for k in set().union(*gathered)}
     return {"ref": ref_losses, "dmp": losses, "changed": anywhere, "ref_logits": ref_logits,
-            "logits": logits, "cafe": cafe, "kernels": dict(kernel_calls)}
+            "logits": logits, "cafe": cafe, "kernels": dict(kernel_calls), "table_dtypes": table_dtypes,
+            "state_bytes": state_bytes, "reported_state_bytes": reported_state}
+
+
+def _fp32_math(ref, cfg):
+    """The fp16 build with its tables in fp32 (values exact), the sparse optimizer attached anew."""
+    from compactrec.embeddings.precision import set_table_precision
+    from compactrec.trainer.optim import apply_sparse_optimizer
+
+    set_table_precision(ref, "fp32")  # new Parameters: the in-backward optimizer goes on them
+    apply_sparse_optimizer(ref, cfg.optim)
+    return ref
+
+
+def _round_tables(ref) -> None:
+    """Each table's rows rounded to fp16, as FBGEMM stores an updated fp16 row."""
+    from compactrec.embeddings.precision import collections
+
+    with torch.no_grad():
+        for _, _, tables in collections(ref):
+            for t in tables.values():
+                t.weight.copy_(t.weight.half().float())
+
+
+def _fused_state_bytes(dmp) -> int:
+    """Bytes of this rank's part of the fused (FBGEMM) optimizer state, which must be fp32."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    total = 0
+    for per_param in dmp.fused_optimizer.state_dict()["state"].values():
+        for t in per_param.values():
+            parts = [s.tensor for s in t.local_shards()] if isinstance(t, ShardedTensor) else [t]
+            for p in parts:
+                assert p.dtype == torch.float32, f"optimizer state in {p.dtype}"
+                total += p.numel() * p.element_size()
+    return total
 
 
 def _reshard_from_one_process(ref, batch, cfg, manifest, env, sharding: str, rank: int, world: int) -> dict:
@@ -181,10 +238,17 @@ def _check(results: dict, world: int, kernel_ops: dict = KERNEL_OPS) -> None:
     for (case, sharding), result in results.items():
         method = CASES[case][0]
         where = f"{case} sharded {sharding} on {world} ranks"
-        torch.testing.assert_close(torch.tensor(result["dmp"]), torch.tensor(result["ref"]), rtol=1e-5, atol=1e-6,
-                                   msg=lambda m: f"{where}: losses differ: {m}")
-        torch.testing.assert_close(result["logits"], result["ref_logits"], rtol=1e-4, atol=1e-5,
+        fp16 = case in FP16
+        loss_tol, out_tol = ((1e-5, 1e-6), (1e-4, 1e-5)) if not fp16 else \
+            ((5e-6, 1e-6), (1e-4, 5e-4 if method == "cafe" else 2e-5))
+        torch.testing.assert_close(torch.tensor(result["dmp"]), torch.tensor(result["ref"]), rtol=loss_tol[0],
+                                   atol=loss_tol[1], msg=lambda m: f"{where}: losses differ: {m}")
+        torch.testing.assert_close(result["logits"], result["ref_logits"], rtol=out_tol[0], atol=out_tol[1],
                                    msg=lambda m: f"{where}: outputs differ: {m}")
+        assert result["table_dtypes"] == {"torch.float16" if fp16 else "torch.float32"}, \
+            f"{where}: shards hold {result['table_dtypes']}"
+        assert result["state_bytes"] == result["reported_state_bytes"] > 0, \
+            f"{where}: FBGEMM's optimizer state {result['state_bytes']} B, accounting says {result['reported_state_bytes']}"
         ran = {op for op, n in result["kernels"].items() if n > 0}
         assert kernel_ops[method] <= ran, f"{where}: the DMP step ran kernels {ran}, expected {kernel_ops[method]}"
         frozen = [k for k, moved in result["changed"].items() if not moved]
@@ -198,8 +262,20 @@ def _check(results: dict, world: int, kernel_ops: dict = KERNEL_OPS) -> None:
             if sum(hi > lo for lo, hi in cafe["slot_ranges"]) > 1:  # table-wise: one owner, nothing moves
                 assert re["rehomed"] > 0, f"{where}: loading one process's sketch re-homed no hot id"
             assert re["hot"] == cafe["ref_hot"], f"{where}: after the reshard the hot ids differ from one process's"
-            torch.testing.assert_close(re["logits"], result["ref_logits"], rtol=1e-4, atol=1e-5,
+            torch.testing.assert_close(re["logits"], result["ref_logits"], rtol=out_tol[0], atol=out_tol[1],
                                        msg=lambda m: f"{where}: outputs after the reshard differ: {m}")
+
+
+@pytest.mark.distributed
+def test_fp16_tables_shard_like_unsharded(all_multihot_data: Path, tmp_path: Path):
+    """``embedding.precision=fp16``: every method on 2 ranks, row-wise and table-wise, against
+    the unsharded fp16 model; fp16 shards, fp32 optimizer state of the reported size."""
+    out = tmp_path / "result.pt"
+    runs = [(case, t) for case in FP16 for t in ("row_wise", "table_wise")]
+    spawn(_ranks, 2, str(all_multihot_data), runs, str(out))
+    results = torch.load(out, weights_only=False)
+    assert list(results) == runs
+    _check(results, 2)
 
 
 @pytest.mark.distributed
@@ -219,9 +295,10 @@ def test_every_method_row_wise_on_3_and_4_ranks(all_multihot_data: Path, tmp_pat
     """One process group per world size, every case row-wise: at 3 ranks the row ranges of
     TorchRec's row-wise split are uneven, and CAFE's buckets follow its hot slots."""
     out = tmp_path / "result.pt"
-    spawn(_ranks, world, str(all_multihot_data), [(case, "row_wise") for case in CASES], str(out))
+    fp32 = [case for case in CASES if case not in FP16]
+    spawn(_ranks, world, str(all_multihot_data), [(case, "row_wise") for case in fp32], str(out))
     results = torch.load(out, weights_only=False)
-    assert sorted(c for c, _ in results) == sorted(CASES)
+    assert sorted(c for c, _ in results) == sorted(fp32)
     _check(results, world)
     cafe = results[("cafe", "row_wise")]["cafe"]
     slots, buckets = cafe["slot_ranges"], cafe["bucket_ranges"]

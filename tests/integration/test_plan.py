@@ -28,10 +28,10 @@ def test_criteo_tb_plan_for_64_ranks(method: str, capsys):
     cfg = load_config(CONFIGS / f"criteo_tb_{method}.yaml")
     shapes = _table_shapes(build_meta_model(cfg, plan_schema(cfg)[0]))
     assert any("cat_0" in name for name in shapes), f"{method}: no table of cat_0 in {sorted(shapes)}"
-    for name, (rows, dim) in shapes.items():  # every table of the built model, with its real shape
+    for name, (rows, dim, _) in shapes.items():  # every table of the built model, with its real shape
         assert f"| {name} | {rows:,} x {dim} |" in out, f"{method}: table {name} ({rows:,} x {dim}) not in the plan"
     if method in ("full", "mixed_dim"):  # uncompressed rows: cat_0's 40M ids appear as table rows
-        assert any(rows == 40_000_000 and "cat_0" in name for name, (rows, _) in shapes.items())
+        assert any(rows == 40_000_000 and "cat_0" in name for name, (rows, _, _) in shapes.items())
     per_rank = [float(x) for x in re.search(r"per rank: min ([\d.]+) GB, max ([\d.]+) GB, mean ([\d.]+) GB", out).groups()]
     assert 0 < per_rank[0] <= per_rank[2] <= per_rank[1] < 80
     balance = float(re.search(r"max/mean ([\d.]+)", out).group(1))
@@ -41,6 +41,34 @@ def test_criteo_tb_plan_for_64_ranks(method: str, capsys):
         assert re.search(r"\| cafe_hot \| [\d,]+ x \d+ \| row_wise \| 0-63 \|", out), out
     ranks = {int(r) for line in out.splitlines() if line.startswith("| ") for r in re.findall(r"\b(\d+)\b", line.split("|")[4])}
     assert max(ranks) <= 63
+
+
+def test_fp16_tables_plan_at_2_bytes_a_value_with_fp32_optimizer_state(capsys):
+    """The full Criteo-TB tables at fp16: 2x, and each shard's bytes are rows x dim x 2 plus
+    rowwise Adagrad's fp32 value per row."""
+    cfg_path = str(CONFIGS / "criteo_tb_full.yaml")
+    sharded = {}
+    for precision in ("fp32", "fp16"):
+        assert main(["plan", cfg_path, f"embedding.precision={precision}", "--world-size", "64", "--hbm-gb", "80"]) == 0
+        out = capsys.readouterr().out
+        assert f"full ({precision} tables)" in out
+        sharded[precision] = float(re.search(r"sharded state \(.*\): ([\d.]+) GB in all", out).group(1))
+        if precision == "fp16":
+            assert float(re.search(r"= ([\d.]+)x", out).group(1)) == pytest.approx(2.0, rel=1e-3)
+    cfg = load_config(CONFIGS / "criteo_tb_full.yaml")
+    shapes = _table_shapes(build_meta_model(cfg, plan_schema(cfg)[0]))
+    rows = sum(r for r, _, _ in shapes.values())
+    dim = {d for _, d, _ in shapes.values()}.pop()
+    assert {e for _, _, e in shapes.values()} == {4}
+    gb = 1024**3
+    assert sharded["fp32"] == pytest.approx(rows * (dim * 4 + 4) / gb, abs=0.01)
+    assert sharded["fp16"] == pytest.approx(rows * (dim * 2 + 4) / gb, abs=0.01)
+
+
+def test_bf16_tables_are_refused_on_a_cpu_plan(tiny_data: Path, capsys):
+    assert main(["plan", str(CONFIGS / "methods" / "hash.yaml"), f"data.path={tiny_data}", "embedding.precision=bf16",
+                 "--world-size", "2"]) != 0
+    assert "error: embedding.precision=bf16 on cpu: FBGEMM has no CPU kernels" in capsys.readouterr().err
 
 
 def test_cafe_sketch_counts_per_hot_row_and_mde_projections_replicated():
