@@ -19,7 +19,9 @@ Protocol (printed into the Markdown as well):
 - Metrics on TEST: AUC, logloss, NE; ``auc_warm`` over the "warm" rows (every id of the row
   occurs in train; ``warm_share`` of the rows); MovieLens: nDCG@10 / HR@10 (trainer/ranking.py,
   100 sampled unrated negatives per positive, seed 0).
-- Rows: full; hash, qr, memcom, mixed_dim, cafe, robe at each ratio; ablations (``ABLATIONS``: one
+- Rows: full; hash, qr, memcom, mixed_dim, cafe, robe at each ratio; fp16 variants
+  (``embedding.precision=fp16``, same bytes) of the ``--fp16-best`` methods with the best mean
+  validation AUC at each ratio; ablations (``ABLATIONS``: one
   knob changed against the method's default, at 10x, and "cold -> 0" diagnosis rows); seeds
   0, 1, 2 (weights, shuffle, hash seeds): mean ± sample std. A ratio a method cannot build is "unreachable (max Nx)" from its
   ``BudgetError``.
@@ -412,6 +414,19 @@ def points_for(ratios: Sequence[float], ablations: bool) -> List[Point]:
     return rows + (ABLATIONS if ablations else [])
 
 
+def fp16_points(points: Dict[str, Any], ratios: Sequence[float], n: int) -> List[Point]:
+    """fp16 variants (``embedding.precision=fp16``, the same bytes) of the ``n`` methods with
+    the best mean VALIDATION AUC at each ratio among the fp32 rows already run."""
+    out = []
+    for r in ratios:
+        scored = [(statistics.fmean(run["val"]["auc"] for run in p["runs"]), p["method"]) for name, p in points.items()
+                  if name == f"{p['method']}@{r:g}x" and p.get("runs")]
+        for _, method in sorted(scored, reverse=True)[:n]:
+            out.append(Point(f"{method}@{r:g}x fp16", method, r, {"embedding.precision": "fp16"},
+                             ablation=f"fp16 tables at the same bytes (best {n} by validation AUC at {r:g}x)"))
+    return out
+
+
 def run_dataset(ds: DataSet, args: argparse.Namespace, env: DistEnv, previous: Dict[str, Any],
                 log: Callable[[str], None], save: Callable[[Dict[str, Any]], None]) -> Dict[str, Any]:
     """Tuning, baselines and every row of one data set (``save(partial)`` after each row)."""
@@ -441,17 +456,22 @@ def run_dataset(ds: DataSet, args: argparse.Namespace, env: DistEnv, previous: D
     tuned = load_config(ds.config, [*common, f"optim.sparse_lr={f['sparse_lr']}", f"optim.dense_lr={f['dense_lr']}",
                                     *args.set])
     points: Dict[str, Any] = result.setdefault("points", {})
-    for p in points_for(args.ratios, not args.no_ablations):
-        if (args.points and p.name not in args.points) or (args.resume and p.name in points):
-            continue
-        cfg = run_config(tuned, **{"embedding.kind": p.method, "compression.ratio": p.ratio, **p.overrides})
-        row = {"method": p.method, "target": p.ratio, "ablation": p.ablation, "overrides": p.overrides,
-               **run_point(cfg, manifest, env, args.seeds, cands, p.zero_cold or args.zero_cold)}
-        if "runs" in row:
-            row["summary"] = summarize(row["runs"])
-        points[p.name] = row
-        log(f"{ds.key} {p.name}: " + (row.get("unreachable") or _summary_line(row["summary"])))
-        save(result)
+
+    def run_points(todo: List[Point]) -> None:
+        for p in todo:
+            if (args.points and p.name not in args.points) or (args.resume and p.name in points):
+                continue
+            cfg = run_config(tuned, **{"embedding.kind": p.method, "compression.ratio": p.ratio, **p.overrides})
+            row = {"method": p.method, "target": p.ratio, "ablation": p.ablation, "overrides": p.overrides,
+                   **run_point(cfg, manifest, env, args.seeds, cands, p.zero_cold or args.zero_cold)}
+            if "runs" in row:
+                row["summary"] = summarize(row["runs"])
+            points[p.name] = row
+            log(f"{ds.key} {p.name}: " + (row.get("unreachable") or _summary_line(row["summary"])))
+            save(result)
+
+    run_points(points_for(args.ratios, not args.no_ablations))
+    run_points(fp16_points(points, args.ratios, args.fp16_best))
     if "logreg" not in points or not args.resume:
         runs = []
         for seed in args.seeds:
@@ -489,6 +509,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--max-epochs", type=int, default=5)
     ap.add_argument("--points", nargs="*", default=[], help="only these rows (names as in the JSON: full, qr@10x, ...)")
     ap.add_argument("--no-ablations", action="store_true")
+    ap.add_argument("--fp16-best", type=int, default=2, help="fp16 variants of the best N methods per ratio (0: none)")
     ap.add_argument("--no-ranking", action="store_true", help="skip nDCG / HR (faster diagnosis runs)")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides for every run (diagnosis)")
     ap.add_argument("--zero-cold", action="store_true", help="diagnosis: every row with zero_cold (see zero_cold_hook)")

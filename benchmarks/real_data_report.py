@@ -131,10 +131,14 @@ def plot(results: Dict[str, Any], path: Path) -> None:
                       label="goal (1% at 10x, 3% at 50x)" if k == 0 else None)
         for j, method in enumerate(("hash", "qr", "memcom", "mixed_dim", "cafe", "robe")):
             mine = [p for p in pts.values() if p["method"] == method and "summary" in p and not p.get("ablation")]
-            if mine:  # a small offset per method keeps the error bars apart
-                xs = [p["summary"]["compression_ratio"][0] * 1.05 ** (j - 2) for p in mine]
-                ax.errorbar(xs, [p["summary"]["auc"][0] for p in mine], yerr=[p["summary"]["auc"][1] for p in mine],
-                            marker="o", capsize=3, label=method)
+            half = [p for p in pts.values() if p["method"] == method and "summary" in p
+                    and p.get("overrides") == {"embedding.precision": "fp16"}]
+            for rows, style, label in ((mine, "o", method), (half, "s", f"{method} fp16")):
+                if rows:  # a small offset per method keeps the error bars apart
+                    xs = [p["summary"]["compression_ratio"][0] * 1.05 ** (j - 2) for p in rows]
+                    ax.errorbar(xs, [p["summary"]["auc"][0] for p in rows], yerr=[p["summary"]["auc"][1] for p in rows],
+                                marker=style, capsize=3, label=label, color=f"C{j}",
+                                linestyle="-" if rows is mine else "none", mfc="none" if rows is half else None)
         ax.set_xscale("log")
         ticks = [1.0, *results["ratios"]]
         ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
