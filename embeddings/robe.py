@@ -19,7 +19,11 @@ Choices (all documented in docs/methods.md, ROBE):
   (``pack``); its memory is the same (R, Z) array row-major.
 * Features with at most ``small_field_rows`` ids keep a full table, like every method here
   (the factory compresses them too when the budget needs it).
-* The array starts at U(+-sqrt(1 / N_max)), the scale of the largest replaced full table.
+* ``group_by``: ``model`` one array (the paper), ``feature`` one per compressed feature,
+  ``groups`` one per named group plus one for the rest; rows split in proportion to the
+  groups' full-table rows (``split_rows``). Each is a ``RobeArray``, table ``robe_array`` (one)
+  or ``robe_array_<k>``.
+* An array starts at U(+-sqrt(1 / N_max)), the scale of the largest full table it replaces.
 * With rowwise Adagrad (the default sparse optimizer) the Z values of a row share one
   accumulator, and every id that reads the row shares it (docs/methods.md).
 
@@ -60,9 +64,6 @@ from compactrec.trainer.config import RobeConfig
 ARRAY = "robe_array"  # the table name
 
 
-PACKED_KEY = "robe"  # the packed array's one feature: every (id, chunk) lookup
-
-
 def chunk_key(feature: str, c: int) -> str:
     """The array's feature for chunk c of ``feature``'s ids (all of them share the one table)."""
     return f"{feature}__robe{c}"
@@ -70,7 +71,7 @@ def chunk_key(feature: str, c: int) -> str:
 
 @dataclass
 class RobePlan:
-    rows: int  # R: rows of Z values (chunk rows); |M| = R * Z; a multiple of pack(Z)
+    rows: List[int]  # per array: R, rows of Z values (chunk rows); |M| = R * Z; multiples of pack(Z)
 
 
 def table_width(z: int) -> int:
@@ -105,7 +106,81 @@ def hash_params(schema: FeatureSchema, big: List[SparseFeature], dim: int, cfg: 
     return [(a * index[f.name] + d) % P for f in big], b, c
 
 
+class RobeArray(nn.Module):
+    """One shared array over ``names`` (compressed features, schema order): its table, hash
+    constants and both lookup paths. ``forward(kjt of names) -> [(B, d) per name]``."""
+
+    def __init__(self, schema: FeatureSchema, names: List[str], dim: int, cfg: RobeConfig, rows: int, table: str,
+                 device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        self.cfg, self.dim, self.names, self.rows, self.table = cfg, dim, names, rows, table
+        self.num_blocks = dim // cfg.block
+        self.pack = pack(cfg.block)
+        if rows % self.pack:
+            raise ValueError(f"robe: {rows} chunk rows are not a multiple of pack {self.pack} (Z = {cfg.block})")
+        feats = [f for f in schema.sparse if f.name in set(names)]
+        bound = math.sqrt(1.0 / max(f.cardinality for f in feats))
+        self.packed_key = f"{table}__ids"  # the packed array's one feature: every (id, chunk) lookup
+        if self.pack == 1:  # one pooled lookup per (feature, chunk)
+            keys = [chunk_key(f.name, c) for f in feats for c in range(self.num_blocks)]
+            self.array: nn.Module = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
+                name=table, embedding_dim=cfg.block, num_embeddings=rows, feature_names=keys,
+                pooling=PoolingType.SUM, weight_init_min=-bound, weight_init_max=bound,
+            )], device=table_device(device))
+        else:  # packed rows: ids of one bag read different columns, so look up unpooled
+            self.array = EmbeddingCollection(tables=[EmbeddingConfig(
+                name=table, embedding_dim=table_width(cfg.block), num_embeddings=rows // self.pack,
+                feature_names=[self.packed_key], weight_init_min=-bound, weight_init_max=bound,
+            )], device=table_device(device))
+        bases, self.mult_id, self.mult_block = hash_params(schema, feats, dim, cfg)
+        # per feature: its hash constant (a host-derived config constant, not state)
+        self.register_buffer("bases", torch.tensor(bases, dtype=torch.int64, device=device), persistent=False)
+
+    def forward(self, big: KeyedJaggedTensor, fused: bool) -> List[torch.Tensor]:
+        from compactrec.kernels import robe_bag, robe_rows
+
+        ids = big.values()
+        keys = value_keys(big)  # (nnz,): each value's feature in this array
+        bases = self.bases[keys]
+        if fused and is_local(self.array):
+            weight = self.weight().view(-1, self.cfg.block)  # (R, Z): the packed table's memory
+            pooled = robe_bag(ids, big.offsets(), bases, weight, dim=self.dim, mult_id=self.mult_id,
+                              mult_block=self.mult_block)  # (F * B, d)
+            return list(pooled.split(big.stride()))
+        rows = robe_rows(ids, bases, num_blocks=self.num_blocks, num_rows=self.rows, mult_id=self.mult_id,
+                         mult_block=self.mult_block)  # (nnz, d / Z)
+        if self.pack > 1:
+            return list(self._packed(big, rows).split(big.stride()))
+        # Sum pooling commutes with concatenating the chunks: pooling each (feature, chunk) as
+        # its own bag is exact, and FBGEMM pools Z-wide rows without an (nnz * d / Z, Z) output
+        # (an unpooled lookup + pool measured 8x slower at B 2048, 26 features, Z = 8).
+        pooled = self.array(_chunk_major(big, rows, keys, self.num_blocks))
+        return list(pooled.values().split(self.dim, dim=1))  # (B, F * d): feature-major, chunks in order
+
+    def weight(self) -> torch.Tensor:
+        bags = self.array.embedding_bags if self.pack == 1 else self.array.embeddings  # type: ignore[union-attr]
+        return bags[self.table].weight
+
+    def _packed(self, big: KeyedJaggedTensor, rows: torch.Tensor) -> torch.Tensor:
+        """Sharded, pack > 1: chunk row r is columns (r % pack) Z.. of table row r // pack.
+        rows (nnz, nb) -> pooled (F * B, d)."""
+        from compactrec.kernels import scale_pool
+
+        z, k = self.cfg.block, self.pack
+        flat = rows.reshape(-1)
+        looked = self.array(KeyedJaggedTensor(
+            keys=[self.packed_key], values=torch.div(flat, k, rounding_mode="floor"),
+            lengths=big.lengths() * self.num_blocks,
+        ))[self.packed_key].values()  # (nnz * nb, k Z): an id's chunks are consecutive
+        slot = (flat % k).view(-1, 1, 1).expand(-1, 1, z)
+        chunks = looked.view(-1, k, z).gather(1, slot)  # (nnz * nb, 1, Z)
+        return scale_pool(chunks.reshape(rows.shape[0], self.dim), big.offsets())
+
+
 class RobeEmbedding(CompressedEmbedding):
+    """Small features: full tables. Compressed features: one ``RobeArray`` per group
+    (``embedding.robe.group_by``: one for the model, one per feature, or the named groups)."""
+
     def __init__(
         self, schema: FeatureSchema, dim: int, cfg: RobeConfig, plan: RobePlan, small_field_rows: int,
         device: Optional[torch.device] = None,
@@ -116,82 +191,62 @@ class RobeEmbedding(CompressedEmbedding):
         self.small = [f.name for f in small]
         self.big = [f.name for f in big]
         self.num_blocks = dim // cfg.block
-        self.rows = plan.rows
         self.pack = pack(cfg.block)
-        if plan.rows % self.pack:
-            raise ValueError(f"robe: {plan.rows} chunk rows are not a multiple of pack {self.pack} (Z = {cfg.block})")
+        self.groups = feature_groups(cfg, self.big, schema.sparse_names)
+        if len(plan.rows) != len(self.groups):
+            raise ValueError(f"robe: a plan of {len(plan.rows)} arrays for {len(self.groups)} groups")
         self.full = EmbeddingBagCollection(tables=[full_config(f, dim) for f in small], device=table_device(device)) if small else None
-        self.array: Optional[nn.Module] = None  # EmbeddingBagCollection (pack 1) | EmbeddingCollection
-        bases: List[int] = []
-        self.mult_id = self.mult_block = 0
-        if big:
-            bound = math.sqrt(1.0 / max(f.cardinality for f in big))
-            if self.pack == 1:  # one pooled lookup per (feature, chunk)
-                keys = [chunk_key(f.name, c) for f in big for c in range(self.num_blocks)]
-                self.array = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
-                    name=ARRAY, embedding_dim=cfg.block, num_embeddings=plan.rows, feature_names=keys,
-                    pooling=PoolingType.SUM, weight_init_min=-bound, weight_init_max=bound,
-                )], device=table_device(device))
-            else:  # packed rows: ids of one bag read different columns, so look up unpooled
-                self.array = EmbeddingCollection(tables=[EmbeddingConfig(
-                    name=ARRAY, embedding_dim=table_width(cfg.block), num_embeddings=plan.rows // self.pack,
-                    feature_names=[PACKED_KEY], weight_init_min=-bound, weight_init_max=bound,
-                )], device=table_device(device))
-            bases, self.mult_id, self.mult_block = hash_params(schema, big, dim, cfg)
-        # per compressed feature: its hash constant (a host-derived config constant, not state)
-        self.register_buffer("bases", torch.tensor(bases, dtype=torch.int64, device=device), persistent=False)
+        names = array_names(len(self.groups))
+        self.arrays = nn.ModuleList(RobeArray(schema, g, dim, cfg, r, n, device)
+                                    for g, r, n in zip(self.groups, plan.rows, names))
 
     def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
-        """Unsharded: the fused ``robe_bag``. Sharded (DMP): ``robe_rows`` -> one pooled lookup
-        per (feature, chunk), or (packed rows) an unpooled lookup -> column gather ->
-        ``scale_pool``. Every path covers all compressed features in one call."""
-        from compactrec.kernels import robe_bag, robe_rows
-
-        small, big = split_kjt(features, self.small, self.big)
+        """Unsharded: the fused ``robe_bag`` per array. Sharded (DMP): ``robe_rows`` -> one
+        pooled lookup per (feature, chunk), or (packed rows) an unpooled lookup -> column
+        gather -> ``scale_pool``. Each array covers all its features in one call."""
+        small, big = split_kjt(features, self.small, [n for g in self.groups for n in g])
         out: Dict[str, torch.Tensor] = {}
         if self.full is not None:
             out.update(self.full(small).to_dict())
         if big is None:
             return out
-        ids = big.values()
-        keys = value_keys(big)  # (nnz,): each value's compressed feature
-        bases = self.bases[keys]
-        if self.fused and is_local(self.array):
-            weight = self._weight().view(-1, self.cfg.block)  # (R, Z): the packed table's memory
-            pooled = robe_bag(ids, big.offsets(), bases, weight, dim=self.dim, mult_id=self.mult_id,
-                              mult_block=self.mult_block)  # (F_c * B, d)
-            out.update(zip(self.big, pooled.split(big.stride())))
-            return out
-        rows = robe_rows(ids, bases, num_blocks=self.num_blocks, num_rows=self.rows, mult_id=self.mult_id,
-                         mult_block=self.mult_block)  # (nnz, d / Z)
-        if self.pack > 1:
-            out.update(zip(self.big, self._packed(big, rows).split(big.stride())))
-            return out
-        # Sum pooling commutes with concatenating the chunks: pooling each (feature, chunk) as
-        # its own bag is exact, and FBGEMM pools Z-wide rows without an (nnz * d / Z, Z) output
-        # (an unpooled lookup + pool measured 8x slower at B 2048, 26 features, Z = 8).
-        pooled = self.array(_chunk_major(big, rows, keys, self.num_blocks))  # type: ignore[misc]
-        values = pooled.values()  # (B, F_c * d): feature-major, chunks in order within a feature
-        out.update(zip(self.big, values.split(self.dim, dim=1)))
+        parts = big.split([len(g) for g in self.groups]) if len(self.groups) > 1 else [big]
+        for group, part, array in zip(self.groups, parts, self.arrays):
+            out.update(zip(group, array(part, self.fused)))
         return out
 
-    def _weight(self) -> torch.Tensor:
-        bags = self.array.embedding_bags if self.pack == 1 else self.array.embeddings  # type: ignore[union-attr]
-        return bags[ARRAY].weight
 
-    def _packed(self, big: KeyedJaggedTensor, rows: torch.Tensor) -> torch.Tensor:
-        """Sharded, pack > 1: chunk row r is columns (r % pack) Z.. of table row r // pack.
-        rows (nnz, nb) -> pooled (F_c * B, d)."""
-        from compactrec.kernels import scale_pool
+def array_names(n: int) -> List[str]:
+    """Table names: ``robe_array`` for one array (the default), ``robe_array_<k>`` for several."""
+    return [ARRAY] if n == 1 else [f"{ARRAY}_{k}" for k in range(n)]
 
-        z, k = self.cfg.block, self.pack
-        flat = rows.reshape(-1)
-        looked = self.array(KeyedJaggedTensor(  # type: ignore[misc]
-            keys=[PACKED_KEY], values=torch.div(flat, k, rounding_mode="floor"), lengths=big.lengths() * self.num_blocks,
-        ))[PACKED_KEY].values()  # (nnz * nb, k Z): an id's chunks are consecutive
-        slot = (flat % k).view(-1, 1, 1).expand(-1, 1, z)
-        chunks = looked.view(-1, k, z).gather(1, slot)  # (nnz * nb, 1, Z)
-        return scale_pool(chunks.reshape(rows.shape[0], self.dim), big.offsets())
+
+def feature_groups(cfg: RobeConfig, big: List[str], every: List[str]) -> List[List[str]]:
+    """The compressed features of each array, schema order within a group. ``group_by``:
+    ``model`` one array; ``feature`` one per feature; ``groups`` the lists in ``cfg.groups``
+    (features of none of them share one more array; small features named there keep their full
+    table). Raises ValueError for a name that is no feature or is in two groups."""
+    if not big:
+        return []
+    if cfg.group_by == "model":
+        return [list(big)]
+    if cfg.group_by == "feature":
+        return [[n] for n in big]
+    if cfg.group_by != "groups":
+        raise ValueError(f"embedding.robe.group_by={cfg.group_by!r}: must be model, feature or groups")
+    known, seen = set(big), set()
+    groups = []
+    for g in cfg.groups:
+        for n in g:
+            if n in seen:
+                raise ValueError(f"embedding.robe.groups: feature {n!r} is in two groups")
+            seen.add(n)
+        groups.append([n for n in big if n in set(g)])
+    unknown = sorted(seen - known - set(every))
+    if unknown:
+        raise ValueError(f"embedding.robe.groups: {', '.join(unknown)} not compressed features of the schema")
+    rest = [n for n in big if n not in seen]
+    return [g for g in groups if g] + ([rest] if rest else [])
 
 
 def _chunk_major(big: KeyedJaggedTensor, rows: torch.Tensor, keys: torch.Tensor, nb: int) -> KeyedJaggedTensor:
@@ -213,20 +268,32 @@ def _chunk_major(big: KeyedJaggedTensor, rows: torch.Tensor, keys: torch.Tensor,
 
 
 def robe_bytes(schema: FeatureSchema, dim: int, cfg: RobeConfig, plan: RobePlan, small_field_rows: int) -> int:
-    small, big = split_features(schema, small_field_rows)
-    return full_table_bytes(small, dim) + (plan.rows * cfg.block * FP32 if big else 0)
+    small, _ = split_features(schema, small_field_rows)
+    return full_table_bytes(small, dim) + sum(plan.rows) * cfg.block * FP32
+
+
+def split_rows(schema: FeatureSchema, groups: List[List[str]], total_rows: int, k: int) -> List[int]:
+    """``total_rows`` table rows (of pack ``k`` chunk rows each) over the arrays in proportion
+    to the full-table rows of their features (every array the same compression), at least
+    one each; returned in chunk rows."""
+    card = {f.name: f.cardinality for f in schema.sparse}
+    weight = [sum(card[n] for n in g) for g in groups]
+    rows = [max(1, int(total_rows * w / sum(weight))) for w in weight]
+    return [min(r, P // k) * k for r in rows]
 
 
 def plan_robe(schema: FeatureSchema, dim: int, budget: int, cfg: RobeConfig, small_field_rows: int) -> RobePlan:
-    """The array fills what the small features' full tables leave: R = left // (Z * 4)."""
-    small, _ = split_features(schema, small_field_rows)
+    """The arrays fill what the small features' full tables leave: left // (width * 4) table
+    rows in all, split over the arrays (``split_rows``)."""
+    small, big = split_features(schema, small_field_rows)
+    groups = feature_groups(cfg, [f.name for f in big], schema.sparse_names)
     fixed = full_table_bytes(small, dim)
     width, k = table_width(cfg.block), pack(cfg.block)
     table_rows = (budget - fixed) // (width * FP32)
-    if table_rows < 1:
-        raise BudgetError(f"robe: budget {budget} B is below the {fixed + width * FP32} B of the small features' "
-                          f"full tables plus one table row of {width} values")
-    return RobePlan(rows=min(table_rows, P // k) * k)
+    if table_rows < max(1, len(groups)):
+        raise BudgetError(f"robe: budget {budget} B is below the {fixed + max(1, len(groups)) * width * FP32} B of the "
+                          f"small features' full tables plus one table row of {width} values per array")
+    return RobePlan(rows=split_rows(schema, groups, table_rows, k))
 
 
 def build_robe(
@@ -235,11 +302,14 @@ def build_robe(
 ) -> RobeEmbedding:
     if cfg.block < 1 or dim % cfg.block:
         raise ValueError(f"embedding.robe.block={cfg.block} must divide model.embedding_dim={dim}")
-    if cfg.size is not None:
+    if cfg.size is not None:  # |M| over every array, split like a budget
         k = pack(cfg.block)
-        plan = RobePlan(rows=-(-cfg.size // (cfg.block * k)) * k)  # whole table rows
-        if not 1 <= plan.rows <= P:
+        table_rows = -(-cfg.size // (cfg.block * k))  # whole table rows
+        if not 1 <= table_rows * k <= P:
             raise ValueError(f"embedding.robe.size={cfg.size}: the array needs 1 to {P} rows of {cfg.block}")
+        _, big = split_features(schema, small_field_rows)
+        groups = feature_groups(cfg, [f.name for f in big], schema.sparse_names)
+        plan = RobePlan(rows=split_rows(schema, groups, table_rows, k))
     elif budget is not None:
         plan = plan_robe(schema, dim, budget, cfg, small_field_rows)
     else:

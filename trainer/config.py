@@ -148,6 +148,8 @@ class RobeConfig:
     size: Optional[int] = None  # |M|, values in the array (rounded up to a multiple of block); None: from `compression`
     hash: str = "universal"  # universal ((A e + B x + C c + D) mod P) mod rows | identity (tests: disjoint offsets)
     seed: int = 0  # draws A, B, C, D
+    group_by: str = "model"  # model: one array | feature: one per compressed feature | groups: the lists below
+    groups: List[List[str]] = field(default_factory=list)  # group_by=groups: features sharing an array each
 
 
 @dataclass

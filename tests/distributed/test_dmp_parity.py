@@ -49,6 +49,7 @@ CASES = {
     "cafe_grad_norm": ("cafe", ["compression.ratio=5", "embedding.cafe.threshold=3", "embedding.cafe.importance=grad_norm"]),
     "robe": ("robe", ["compression.ratio=8"]),  # Z = 8: pooled lookups per (feature, chunk)
     "robe_z1": ("robe", ["compression.ratio=8", "embedding.robe.block=1"]),  # packed rows of 4: unpooled + scale_pool
+    "robe_groups": ("robe", ["compression.ratio=8", "embedding.robe.group_by=feature"]),  # one array per feature
 }
 FP16 = {f"{case}_fp16": (kind, [*o, "embedding.precision=fp16"])
         for case, (kind, o) in CASES.items() if case in ("full", "hash", "qr", "memcom", "mixed_dim", "cafe", "robe")}
@@ -68,7 +69,7 @@ EBC_TYPES = ["table_wise", "row_wise", "column_wise", "table_row_wise"]
 EC_TYPES = ["table_wise", "row_wise", "column_wise"]  # unpooled collections: no table_row_wise
 TYPES = {"full": EBC_TYPES, "hash": EBC_TYPES, "qr": EC_TYPES, "memcom": EC_TYPES, "mixed_dim": EC_TYPES,
          "cafe": EBC_TYPES, "cafe_grad_norm": ["table_wise"], "robe": EBC_TYPES,
-         "robe_z1": EC_TYPES}  # row-wise: at 3 and 4 ranks
+         "robe_z1": EC_TYPES, "robe_groups": ["row_wise", "table_wise"]}  # row-wise: at 3 and 4 ranks
 
 
 def _ranks(rank: int, world: int, data: str, runs: list, out: str) -> None:

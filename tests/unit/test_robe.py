@@ -33,7 +33,7 @@ def _robe(dim: int = DIM, **kw) -> RobeEmbedding:
 
 def _array(emb: RobeEmbedding) -> torch.Tensor:
     """The (R, Z) array: a view of the stored table, packed or not."""
-    return emb._weight().view(-1, emb.cfg.block)
+    return emb.arrays[0].weight().view(-1, emb.cfg.block)
 
 
 def _per_id_sum(emb, kjt: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
@@ -97,8 +97,8 @@ def test_features_hash_apart_and_lookups_spread_over_the_array():
 
     big = _robe(block=2, size=2 * 998)
     ids = torch.arange(100_000)
-    bases = big.bases[0].repeat(ids.numel())
-    rows = robe_rows(ids, bases, num_blocks=3, num_rows=998, mult_id=big.mult_id, mult_block=big.mult_block)
+    bases = big.arrays[0].bases[0].repeat(ids.numel())
+    rows = robe_rows(ids, bases, num_blocks=3, num_rows=998, mult_id=big.arrays[0].mult_id, mult_block=big.arrays[0].mult_block)
     # 300000 (id, chunk) reads over 998 rows: ~300 per row, sd ~17 if uniform
     load = torch.bincount(rows.reshape(-1), minlength=998)
     assert int(load.min()) > 230 and int(load.max()) < 370, (int(load.min()), int(load.max()))
@@ -159,12 +159,12 @@ def test_state_dict_round_trip():
 def test_bytes_by_hand_and_seeded_constants():
     emb = _robe(block=3, size=31)  # packed: table rows of lcm(3, 4) = 12 values, 31 -> 3 rows
     assert module_bytes(emb) == 5 * DIM * FP32 + 3 * 12 * FP32
-    assert emb.rows == 12 and emb.num_blocks == 2 and emb.pack == 4
+    assert emb.arrays[0].rows == 12 and emb.num_blocks == 2 and emb.pack == 4
     assert module_bytes(_robe(12, block=4, size=31)) == 5 * 12 * FP32 + 8 * 4 * FP32  # unpacked: 8 rows of 4
     a, b, c, d = hash_constants(0)
     assert all(1 <= v < P for v in (a, b, c, d)) and hash_constants(0) == (a, b, c, d) != hash_constants(1)
-    assert emb.mult_id == b and emb.mult_block == c
-    assert emb.bases.tolist() == [(a * 1 + d) % P, (a * 2 + d) % P]  # features b, c: schema index 1, 2
+    assert emb.arrays[0].mult_id == b and emb.arrays[0].mult_block == c
+    assert emb.arrays[0].bases.tolist() == [(a * 1 + d) % P, (a * 2 + d) % P]  # features b, c: schema index 1, 2
 
 
 @pytest.mark.parametrize("block", [8, 1])
@@ -181,3 +181,71 @@ def test_any_ratio_is_met_within_5_percent(ratio: int, block: int):
 def test_block_must_divide_the_dimension():
     with pytest.raises(ValueError, match="must divide"):
         _robe(block=4, size=40)
+
+
+# ------------------------------------------------------------------ feature groups (group_by)
+
+DEMO_GROUPS = [["cat_0", "cat_1"], ["cat_2", "cat_9"]]
+
+
+def _grouped(group_by: str, groups=(), ratio: float = 16, block: int = 8):
+    schema = _demo_schema()
+    cfg = _emb_cfg("robe", {"robe": RobeConfig(block=block, group_by=group_by, groups=[list(g) for g in groups])})
+    cfg.small_field_rows = 200
+    return schema, build_embeddings(cfg, CompressionConfig(ratio=ratio), schema, 16)
+
+
+@pytest.mark.parametrize("block", [4, 2])
+def test_one_array_per_feature_keeps_features_apart(block: int):
+    """group_by=feature: an array per compressed feature, in proportion to its ids; writing
+    into one array moves only its feature's embeddings (with one array every feature moves)."""
+    torch.manual_seed(0)
+    schema, emb = _grouped("feature", block=block)
+    big = [f for f in schema.sparse if f.cardinality > 200]
+    assert [g for g in emb.groups] == [[f.name] for f in big] and len(emb.arrays) == len(big) > 2
+    assert len({a.table for a in emb.arrays}) == len(big)
+    rows = [a.rows for a in emb.arrays]
+    top = max(range(len(big)), key=lambda i: big[i].cardinality)
+    assert rows[top] == max(rows) and min(rows) >= emb.pack
+    assert full_embedding_bytes(schema, 16) / module_bytes(emb) == pytest.approx(16, rel=0.05)
+    kjt = _kjt({f.name: [[i % f.cardinality] for i in range(7)] for f in schema.sparse})
+    before = emb(kjt).to_dict()
+    with torch.no_grad():
+        emb.arrays[top].weight().add_(1.0)
+    after = emb(kjt).to_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved == {big[top].name}
+
+
+def test_named_groups_share_an_array_each_and_the_rest_share_one_more():
+    schema, emb = _grouped("groups", DEMO_GROUPS)
+    big = [f.name for f in schema.sparse if f.cardinality > 200]
+    named = [[n for n in big if n in g] for g in DEMO_GROUPS]
+    named = [g for g in named if g]
+    rest = [n for n in big if all(n not in g for g in DEMO_GROUPS)]
+    assert emb.groups == named + [rest]
+    assert [a.table for a in emb.arrays] == [f"robe_array_{k}" for k in range(len(emb.groups))]
+    with pytest.raises(ValueError, match="cat_1' is in two groups"):
+        _grouped("groups", [["cat_1"], ["cat_1", "cat_2"]])
+    with pytest.raises(ValueError, match="nope not compressed features"):
+        _grouped("groups", [["nope", "cat_2"]])
+    with pytest.raises(ValueError, match="group_by='table'"):
+        _grouped("table")
+
+
+@pytest.mark.parametrize("block", [8, 2])
+def test_grouped_fused_op_equals_the_collection_path_and_every_array_moves(block: int):
+    torch.manual_seed(0)
+    schema, emb = _grouped("feature", block=block)
+    g = torch.Generator().manual_seed(1)
+    bags = {f.name: [[int(i) for i in torch.randint(0, f.cardinality, (int(n),), generator=g)]
+                     for n in torch.randint(0, 4, (9,), generator=g)] for f in schema.sparse}
+    kjt = _kjt(bags)
+    emb.fused = True
+    fused = emb(kjt).values()
+    emb.fused = False
+    plain = emb(kjt).values()
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+    plain.pow(2).sum().backward()
+    grads = [a.weight().grad for a in emb.arrays]
+    assert all(gr is not None and gr.abs().sum() > 0 for gr in grads)
