@@ -45,7 +45,9 @@ def compressed_embedding(
 
     Args:
         tables: TorchRec table configs; every table has one feature, sum pooling, the same
-            ``embedding_dim``.
+            ``embedding_dim`` and the same ``data_type`` (FP32, FP16, or BF16 on CUDA): the
+            method's tables are stored at that type, within the same bytes
+            (``embedding.precision``, docs/methods.md).
         method: one of ``METHODS``; ``full`` returns a plain ``EmbeddingBagCollection``.
         ratio / budget_bytes: the target size, as a ratio over the full tables or in bytes.
         id_counts: feature -> occurrences of each id, shape ``(num_embeddings,)``; mixed_dim
@@ -70,12 +72,16 @@ def compressed_embedding(
     schema, dim = _schema(tables)
     if any(t.pooling != PoolingType.SUM for t in tables):
         raise ValueError("CompactRec methods pool by sum: set pooling=PoolingType.SUM on every table")
+    precision = _precision(tables)
     if method == "full":
-        return EmbeddingBagCollection(tables=list(tables), device=device)
+        from compactrec.embeddings.precision import set_table_precision
+
+        return set_table_precision(EmbeddingBagCollection(tables=list(tables), device=device), precision)
     try:
         node = OmegaConf.merge(
             OmegaConf.structured(EmbeddingConfig),
-            {"kind": method, "small_field_rows": small_field_rows, **({method: dict(options)} if options else {})},
+            {"kind": method, "small_field_rows": small_field_rows, "precision": precision,
+             **({method: dict(options)} if options else {})},
         )
     except OmegaConfBaseException as e:
         raise ValueError(f"options for {method}: {str(e).splitlines()[0]}") from None
@@ -154,6 +160,18 @@ def _schema(tables: Sequence["EmbeddingBagConfig"]):
         raise ValueError(f"tables have widths {dims}: CompactRec methods give every feature one width")
     sparse = tuple(SparseFeature(t.feature_names[0], t.num_embeddings, multi_hot=True) for t in tables)
     return FeatureSchema(label="label", dense=(), sparse=sparse), dims[0]
+
+
+def _precision(tables: Sequence["EmbeddingBagConfig"]) -> str:
+    """The tables' one ``data_type`` as an ``embedding.precision`` name."""
+    from compactrec.embeddings.precision import PRECISIONS
+
+    by_type = {data_type: name for name, (_, data_type) in PRECISIONS.items()}
+    types = {t.data_type for t in tables}
+    if len(types) != 1 or next(iter(types)) not in by_type:
+        raise ValueError(f"tables have data types {sorted(str(t) for t in types)}: give every table one of "
+                         f"{', '.join(str(t) for t in by_type)}")
+    return by_type[types.pop()]
 
 
 def _as_counts(v: Any) -> "np.ndarray":

@@ -45,6 +45,21 @@ def test_every_method_from_plain_torchrec_configs(method: str):
     assert cr.table_parameters(emb)  # the stock tables the fused optimizer takes
 
 
+@pytest.mark.parametrize("method", ["full", "hash", "robe"])
+def test_the_tables_data_type_is_the_methods_precision(method: str):
+    from torchrec.modules.embedding_configs import DataType
+
+    half = [EmbeddingBagConfig(name=t.name, embedding_dim=t.embedding_dim, num_embeddings=t.num_embeddings,
+                               feature_names=t.feature_names, data_type=DataType.FP16) for t in TABLES]
+    emb = cr.compressed_embedding(half, method, ratio=None if method == "full" else 4)
+    assert {p.dtype for p in cr.table_parameters(emb)} == {torch.float16}
+    assert emb(_kjt()).values().dtype == torch.float32
+    ratio = cr.size_report(emb, TABLES)["compression_ratio"]
+    assert ratio == pytest.approx(2.0 if method == "full" else 4.0, rel=0.05)
+    with pytest.raises(ValueError, match="tables have data types"):
+        cr.compressed_embedding([TABLES[0], half[1]], method, ratio=4)
+
+
 def test_options_reach_the_method():
     emb = cr.compressed_embedding(TABLES, "cafe", ratio=4, options={"levels": 2, "threshold": 5.0})
     assert emb.cfg.levels == 2 and emb.cfg.threshold == 5.0
