@@ -49,12 +49,21 @@ class _HashScaleBagCPU(torch.autograd.Function):
         w = scale.index_select(0, ids).float() if scale is not None else None  # (nnz,)
         if mean:
             w = inv[bags] if w is None else w * inv[bags]
-        psw = w.to(table.dtype) if w is not None else None  # embedding_bag wants one dtype
-        out = F.embedding_bag(rows, table, offsets, mode="sum", per_sample_weights=psw, include_last_offset=True)
+        if w is not None and table.dtype != torch.float32:
+            # fp16 / bf16 tables: embedding_bag wants one dtype, and scales rounded to the
+            # table's would lose digits wherever a bag's terms cancel; gather the rows in fp32
+            # instead and round the output once, as the reference does
+            rows32 = table.index_select(0, rows).float()
+            out = F.embedding_bag(torch.arange(rows.numel(), device=rows.device), rows32, offsets, mode="sum",
+                                  per_sample_weights=w, include_last_offset=True)
+        else:
+            psw = w.to(table.dtype) if w is not None else None  # (fp32, or None)
+            out = F.embedding_bag(rows, table, offsets, mode="sum", per_sample_weights=psw, include_last_offset=True)
         if bias is not None:
             pb = F.embedding_bag(ids, bias.view(-1, 1), offsets, mode="mean" if mean else "sum",
                                  include_last_offset=True)
             out = out + pb.to(out.dtype)  # (B, 1): the bias adds to every column
+        out = out.to(table.dtype)
         ctx.save_for_backward(ids, rows, offsets, table, scale, bias, w)
         ctx.mean = mean
         return out

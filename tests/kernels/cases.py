@@ -18,6 +18,7 @@ LENGTHS = [0, 1, 3, 0, 37, 2, 1, 1, 5, 0, 12, 1, 0]
 TOL = {
     torch.float32: dict(atol=1e-5, rtol=1e-5),
     torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+    torch.float16: dict(atol=3e-3, rtol=3e-3),  # fp16 tables (embedding.precision): 2 ulps of 2^-11..2^-10
 }
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") or not torch.cuda.is_available() else "cuda"

@@ -41,7 +41,7 @@ def _compare(backend, mode, values, offsets, table, scale, bias, grad_out, **kw)
 
 
 @pytest.mark.parametrize("backend", ["triton", "cpu"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 @pytest.mark.parametrize(

@@ -48,7 +48,7 @@ def _compare(backend, mode, values, offsets, bo, tables, projs, grad_out):
 
 
 @pytest.mark.parametrize("backend", ["triton", "cpu"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_matches_reference(backend, dtype, mode, layout):

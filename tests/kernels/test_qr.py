@@ -30,7 +30,7 @@ def _compare(backend, operation, mode, values, offsets, q, r, m, grad_out):
 
 
 @pytest.mark.parametrize("backend", ["triton", "cpu"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("operation", ["mult", "add"])
 @pytest.mark.parametrize("mode", ["sum", "mean"])

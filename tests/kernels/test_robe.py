@@ -34,7 +34,7 @@ def _compare(backend, mode, values, offsets, bases, array, grad_out):
 
 
 @pytest.mark.parametrize("backend", ["triton", "cpu"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 @pytest.mark.parametrize("z,dim", [(1, 7), (4, 12), (12, 12)])  # element-wise; 3 chunks; one chunk per id
