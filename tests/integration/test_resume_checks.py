@@ -36,7 +36,8 @@ def _resume(saved: Path, data: Path, name: str, *overrides: str) -> int:
     (["embedding.kind=qr"], "embedding.kind: checkpoint 'hash', now 'qr'"),
     (["model.embedding_dim=16", "model.dense_arch=[64,16]"], "model.embedding_dim: checkpoint 32, now 16"),
     (["compression.ratio=4"], "compression.ratio: checkpoint 16.0, now 4.0"),
-], ids=["hash-seed", "kind", "dim", "ratio"])
+    (["embedding.precision=fp16"], "embedding.precision: checkpoint 'fp32', now 'fp16'"),
+], ids=["hash-seed", "kind", "dim", "ratio", "precision"])
 def test_other_settings_are_refused_with_the_keys_named(saved: Path, tiny_data: Path, capsys, overrides, named):
     assert _resume(saved, tiny_data, "other", *overrides) == 2
     err = capsys.readouterr().err
