@@ -423,7 +423,7 @@ def fp16_points(points: Dict[str, Any], ratios: Sequence[float], n: int) -> List
                   if name == f"{p['method']}@{r:g}x" and p.get("runs")]
         for _, method in sorted(scored, reverse=True)[:n]:
             out.append(Point(f"{method}@{r:g}x fp16", method, r, {"embedding.precision": "fp16"},
-                             ablation=f"fp16 tables at the same bytes (best {n} by validation AUC at {r:g}x)"))
+                             ablation="fp16 tables at the same bytes (embedding.precision=fp16)"))
     return out
 
 
