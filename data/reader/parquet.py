@@ -313,7 +313,7 @@ class ParquetReader:
         files: Dict[str, pq.ParquetFile] = {}
         done, have = 0, 0
         segments: List[Segment] = []
-        last: Optional[RowBlock] = None
+        last: Optional[RowBlock] = None  # padding repeats its first visited row
         cached: Tuple[int, Optional[RowBlock]] = (-1, None)
         for gid, start, stop in stream:
             if done >= steps:
@@ -323,10 +323,13 @@ class ParquetReader:
             block = cached[1]
             if block is None:
                 continue
-            last, pos = block, start
-            while pos < stop and done < steps:
-                n = min(b - have, stop - pos)
-                segments.append((block, pos, pos + n))
+            last = block
+            stop = min(stop, start + (steps - done) * b - have)  # no more rows than the steps take
+            part = block.arrange(start, stop, b - have, b)  # the one copy of these rows
+            pos = 0
+            while pos < part.rows:
+                n = min(b - have, part.rows - pos)
+                segments.append((part, pos, pos + n))
                 pos, have = pos + n, have + n
                 if have == b:
                     yield self._to_batch(segments)
