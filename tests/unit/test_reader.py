@@ -403,3 +403,22 @@ def test_max_steps_caps_the_epoch_across_a_resume(id_files):
     assert id_reader(id_files, 64, world_size=2, max_steps=5).num_steps(0, cursor) == 3
     assert id_reader(id_files, 64, world_size=2).num_steps(0, cursor) == full - 2
     assert id_reader(id_files, 64, world_size=1, max_steps=5).num_steps(0, cursor) == 3  # re-dealt, same cap
+
+
+@pytest.mark.parametrize("size", [0, 1, 4, 8])
+def test_prefetch_hands_over_every_item_then_the_error(size: int):
+    """Items cross the reading thread's queue in groups: a partial last group, and the
+    items made before an error, still arrive, in order, before the error is raised."""
+    from compactrec.data.reader.prefetch import prefetch
+
+    def items(fail: bool):
+        yield from range(7)
+        if fail:
+            raise ValueError("bad row group")
+
+    assert list(prefetch(lambda: items(False), size)) == list(range(7))
+    got = []
+    with pytest.raises(ValueError, match="bad row group"):
+        for x in prefetch(lambda: items(True), size):
+            got.append(x)
+    assert got == list(range(7))
