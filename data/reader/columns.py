@@ -12,6 +12,7 @@ gather stays in cache; ``benchmarks/reader.py`` measures the result (docs/speed.
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -29,25 +30,28 @@ Bag = Tuple[np.ndarray, np.ndarray]  # values (nnz,) int64, offsets (R + 1,) fro
 
 
 class Buffers:
-    """Reuses the large per-row-group arrays (tens of MB each) of one epoch's reading: fresh
-    ones cost the kernel page faults and zeroing every time, about 8% of a reader core
-    (measured). A buffer is handed out again once no array or tensor but the pool refers to
-    it (its reference count); at most ``keep`` are kept, beyond that arrays are plain."""
+    """Reuses a reader's large per-row-group arrays (MBs each) across row groups and
+    epochs: fresh ones cost the kernel page faults and zeroing every time. A buffer is
+    handed out again once no array or tensor but the pool refers to it (its reference
+    count: views and tensors made from them hold one); at most ``keep`` are kept, beyond
+    that arrays are plain. Thread-safe (an epoch's reading thread may outlive it)."""
 
-    def __init__(self, keep: int = 6) -> None:
+    def __init__(self, keep: int = 8) -> None:
         self.keep = keep
         self._bufs: List[np.ndarray] = []
+        self._lock = threading.Lock()
 
     def empty(self, shape: Tuple[int, ...], dtype: type) -> np.ndarray:
         n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        for i in range(len(self._bufs)):
-            # 2: the list's reference and getrefcount's argument; a view handed out adds one
-            if sys.getrefcount(self._bufs[i]) == 2 and self._bufs[i].nbytes >= n:
-                return self._bufs[i][:n].view(dtype).reshape(shape)
-        buf = np.empty(n, np.uint8)
-        if len(self._bufs) < self.keep:
-            self._bufs.append(buf)
-        return buf.view(dtype).reshape(shape)
+        with self._lock:
+            # 3: the list's reference, this loop's and getrefcount's argument
+            free = [b for b in self._bufs if sys.getrefcount(b) == 3 and b.nbytes >= n]
+            if free:  # the smallest that fits: an index array does not take a block's buffer
+                return min(free, key=lambda b: b.nbytes)[:n].view(dtype).reshape(shape)
+            buf = np.empty(n, np.uint8)
+            if len(self._bufs) < self.keep:
+                self._bufs.append(buf)
+            return buf.view(dtype).reshape(shape)
 
 
 def _empty(shape: Tuple[int, ...], dtype: type, buffers: Optional[Buffers]) -> np.ndarray:
@@ -90,12 +94,15 @@ class RowBlock:
         if self.order is None:
             bags = [(v[o[start] : o[stop]], o[start : stop + 1] - o[start]) for v, o in self.bags]
             return RowBlock(self.ids[:, start:stop], self.floats[:, start:stop], bags)
-        v = self.order[start:stop].astype(np.int32)  # 32-bit keys sort 1.8x faster
+        v = _empty((stop - start,), np.int32, buffers)  # 32-bit keys sort 1.8x faster
+        v[:] = self.order[start:stop]
         v[:first].sort()
         full = (v.shape[0] - first) // size * size
         v[first : first + full].reshape(-1, size).sort(axis=1)
         v[first + full :].sort()
-        return self.take(v.astype(np.intp), buffers)
+        rows = _empty(v.shape, np.intp, buffers)  # np.take's index type (it would convert)
+        rows[:] = v
+        return self.take(rows, buffers)
 
     def repeat_row(self, pos: int, n: int) -> "RowBlock":
         """``n`` copies of the row at visiting position ``pos`` (padding)."""

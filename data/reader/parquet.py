@@ -128,6 +128,7 @@ class ParquetReader:
         self._rows = [g.rows for g in self.row_groups]
         self._data = plans.fingerprint(self.row_groups, seed, shuffle)
         self._ones = torch.ones(len(schema.sparse) * batch_size, dtype=torch.int32)
+        self._buffers = Buffers()  # large arrays reused across row groups and epochs
         self._run: Optional[_Run] = None
 
     # ---- planning (footers only) -------------------------------------------------
@@ -315,7 +316,7 @@ class ParquetReader:
         steps = run.plan_steps - first_step
         stream = plans.skip(run.streams[self.rank], first_step * b)
         files: Dict[str, pq.ParquetFile] = {}
-        buffers = Buffers()
+        buffers = self._buffers
         done, have = 0, 0
         segments: List[Segment] = []
         last: Optional[RowBlock] = None  # padding repeats its first visited row
