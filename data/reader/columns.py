@@ -4,9 +4,10 @@ A ``RowBlock`` holds one row group column-major (one-hot ids, dense values and l
 rows of two 2-D arrays, bags as values + offsets) plus the order in which this epoch visits
 its rows. Before its rows are batched, the visiting positions a rank reads are laid out
 once (``arrange``): one ``np.take`` per array over the whole row group, each batch's rows
-sorted, so that a batch is a slice and the shuffle costs no pass beyond that copy. A
-column of 32-bit ids (or dense values) of a row group fits in L2, so the column-at-a-time
-gather stays in cache; ``benchmarks/reader.py`` measures the result (docs/speed.md).
+sorted, so that a batch is a slice and the shuffle costs no pass beyond that copy. The
+gather goes one column at a time; a column of 32-bit ids of a row group of 131k rows is
+512 KB and stays in L2 (64-bit ids gathered 2x slower, a row-major record cost two
+transposes). ``benchmarks/reader.py`` measures the result (docs/speed.md "Reader").
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class RowBlock:
         v = _empty((stop - start,), np.int32, buffers)  # 32-bit keys sort 1.8x faster
         v[:] = self.order[start:stop]
         v[:first].sort()
-        full = (v.shape[0] - first) // size * size
+        full = max(0, v.shape[0] - first) // size * size
         v[first : first + full].reshape(-1, size).sort(axis=1)
         v[first + full :].sort()
         rows = _empty(v.shape, np.intp, buffers)  # np.take's index type (it would convert)

@@ -24,8 +24,8 @@ its pages are read is seen by one rank alone: that rank keeps the common step co
 padding its last batches (``num_valid`` marks the real rows, ``stats()["rows_padded"]``).
 
 Conversion is columnar (``columns.py``: numpy on whole row groups, no per-row Python; the
-shuffle is folded into the one copy of each id into its batch). A background thread reads,
-converts and batches into a bounded queue (``prefetch`` batches).
+shuffle is one ``np.take`` per array and row group, after which a batch is a slice). A
+background thread reads, converts and batches into a bounded queue (``prefetch`` batches).
 """
 
 from __future__ import annotations
