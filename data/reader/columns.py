@@ -41,12 +41,15 @@ class Buffers:
         self.keep = keep
         self._bufs: List[np.ndarray] = []
         self._lock = threading.Lock()
+        # The count of a buffer nothing else refers to, measured as ``empty`` measures it
+        # (the list's reference, the loop's, getrefcount's argument: 3 on CPython 3.11)
+        probe = [np.empty(1, np.uint8)]
+        self._idle = [sys.getrefcount(b) for b in probe][0]
 
     def empty(self, shape: Tuple[int, ...], dtype: type) -> np.ndarray:
         n = int(np.prod(shape)) * np.dtype(dtype).itemsize
         with self._lock:
-            # 3: the list's reference, this loop's and getrefcount's argument
-            free = [b for b in self._bufs if sys.getrefcount(b) == 3 and b.nbytes >= n]
+            free = [b for b in self._bufs if sys.getrefcount(b) == self._idle and b.nbytes >= n]
             if free:  # the smallest that fits: an index array does not take a block's buffer
                 return min(free, key=lambda b: b.nbytes)[:n].view(dtype).reshape(shape)
             buf = np.empty(n, np.uint8)
