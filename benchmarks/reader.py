@@ -10,7 +10,9 @@
 The three alternate, each ``--repeats`` times. Each pass is timed in process CPU time (every
 thread of the process: the reader's prefetch thread is counted) and wall time; the ratio
 reader / bare is the median of the paired repeats' CPU-time ratios, with [min, max].
-3. the trainer's consumption: samples per CPU-second of the full-table DLRM's training step
+3. where a reader core's time goes: the reader's own steps (``read_row_group``, ``convert``,
+   the permutation, ``RowBlock.arrange``, the batches) timed one by one on this thread.
+4. the trainer's consumption: samples per CPU-second of the full-table DLRM's training step
    (one gloo rank, one thread, built as ``compactrec train`` builds it), printed next to
    the reader's rows per CPU-second: both are per core.
 Everything runs on one thread (OMP / arrow threads = 1). Goal: reader >= 70% of bare.
@@ -29,6 +31,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
@@ -96,6 +99,37 @@ def train_throughput(data: Path, steps: int, batch_size: int) -> float:
     return float(run_local(cfg)["samples_per_s"])
 
 
+def breakdown(reader: ParquetReader, epochs: range) -> dict:
+    """Milliseconds of CPU time per 1M rows in each of the reader's steps, on one thread
+    without the prefetch thread (the steps ``ParquetReader._batches`` runs, one row group
+    at a time; batches do not span row groups here)."""
+    from compactrec.data.reader.columns import Buffers, convert
+
+    ms = dict.fromkeys(["read_row_group", "convert (validate, narrow, log1p)", "permutation",
+                        "arrange (sort, np.take)", "batches (int64 values, KJT)"], 0.0)
+    names, rows, b = list(ms), 0, reader.batch_size
+    for epoch in epochs:
+        files, buffers = {}, Buffers()
+        for ref in reader.assignment(epoch)[reader.rank]:
+            pf = files.get(ref.file) or files.setdefault(ref.file, reader._open(ref.file))
+            c = [time.process_time()]
+            table = pf.read_row_group(ref.index, columns=reader.columns)
+            c.append(time.process_time())
+            block = convert(table, reader.schema, ref.file, reader.dense_transform, reader.validate, reader.non_finite, buffers)
+            c.append(time.process_time())
+            block.order = np.random.default_rng([reader.seed, epoch, ref.gid]).permutation(block.rows)
+            c.append(time.process_time())
+            part = block.arrange(0, block.rows, b, b, buffers)
+            c.append(time.process_time())
+            for a in range(0, part.rows - b + 1, b):
+                reader._to_batch([(part, a, a + b)])
+            c.append(time.process_time())
+            for k, name in enumerate(names):
+                ms[name] += (c[k + 1] - c[k]) * 1e3
+            rows += block.rows
+    return {k: v * 1e6 / rows for k, v in ms.items()}
+
+
 def _timed(fn):
     """(rows per CPU-second, rows per wall-second) of one pass."""
     t, c = time.perf_counter(), time.process_time()
@@ -144,6 +178,7 @@ def main() -> int:
     ours = cpu[names[2]]
     vs_bare = [o / b for o, b in zip(ours, cpu[names[0]])]  # each repeat's own ratio
     vs_whole = [o / b for o, b in zip(ours, cpu[names[1]])]
+    steps = breakdown(reader, range(args.repeats))
     train = train_consumption(data, args.train_steps, args.batch_size) if args.train_steps > 0 else float("nan")
     load_end = os.getloadavg()[0]
     med = statistics.median
@@ -153,7 +188,7 @@ def main() -> int:
         "reader_over_bare": med(vs_bare), "reader_over_bare_range": [min(vs_bare), max(vs_bare)],
         "reader_over_whole_file": med(vs_whole), "train_samples_per_cpu_s": train,
         "reader_over_train": med(ours) / train if train == train else None,
-        "runs_cpu": cpu, "runs_wall": wall, "load_average": [load_start, load_end],
+        "reader_steps_ms_per_1m_rows": steps, "runs_cpu": cpu, "runs_wall": wall, "load_average": [load_start, load_end],
     }
     print(f"{result['rows']:,} rows, batch {args.batch_size}, one thread, medians of {args.repeats} alternating repeats, "
           f"load average {load_start:.1f} -> {load_end:.1f}")
@@ -163,6 +198,8 @@ def main() -> int:
         print(f"| {k} | {med(cpu[k]):,.0f} | {med(wall[k]):,.0f} |")
     print(f"reader / bare (CPU time, median [min, max] of paired repeats): {med(vs_bare):.0%} "
           f"[{min(vs_bare):.0%}, {max(vs_bare):.0%}] of the row-group pass, {med(vs_whole):.0%} of the whole-file pass")
+    print("where a reader core's time goes (CPU ms per 1M rows, one thread, no prefetch thread): "
+          + ", ".join(f"{k} {v:.0f}" for k, v in steps.items()) + f"; sum {sum(steps.values()):.0f}")
     print(f"per core: reader {med(ours):,.0f} rows per CPU-second; trainer (full DLRM step, batch {args.batch_size}) "
           f"consumes {train:,.0f} samples per CPU-second; reader / trainer = {med(ours) / train:.1f}x")
     if args.json:

@@ -1,16 +1,19 @@
 """Columnar row groups -> batch arrays, without per-row Python.
 
-A ``RowBlock`` holds one row group (one-hot ids stacked row-major, bags as values +
-offsets) plus the order in which this epoch visits its rows. A batch is a list of segments
-``(block, start, stop)`` over such orders (a batch may span row groups); ``gather`` copies
-exactly the rows it needs, so the epoch's shuffle costs no extra pass over the data.
-A shuffled gather is bound by memory latency (a cache miss per row and per array), so a
-row's ids, dense values and label live in one packed record gathered with ``np.take``
-(whole rows, batch indices sorted). ``benchmarks/reader.py`` measures the result.
+A ``RowBlock`` holds one row group column-major (one-hot ids, dense values and labels as
+rows of two 2-D arrays, bags as values + offsets) plus the order in which this epoch visits
+its rows. Before its rows are batched, the visiting positions a rank reads are laid out
+once (``arrange``): one ``np.take`` per array over the whole row group, each batch's rows
+sorted, so that a batch is a slice and the shuffle costs no pass beyond that copy. The
+gather goes one column at a time; a column of 32-bit ids of a row group of 131k rows is
+512 KB and stays in L2 (64-bit ids gathered 2x slower, a row-major record cost two
+transposes). ``benchmarks/reader.py`` measures the result (docs/speed.md "Reader").
 """
 
 from __future__ import annotations
 
+import sys
+import threading
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -24,84 +27,119 @@ class DataError(ValueError):
     """Bad input data; the message names the file, row group and column."""
 
 
+Bag = Tuple[np.ndarray, np.ndarray]  # values (nnz,) int64, offsets (R + 1,) from 0
+
+
+class Buffers:
+    """Reuses a reader's large per-row-group arrays (MBs each) across row groups and
+    epochs: fresh ones cost the kernel page faults and zeroing every time. A buffer is
+    handed out again once no array or tensor but the pool refers to it (its reference
+    count: views and tensors made from them hold one); at most ``keep`` are kept, beyond
+    that arrays are plain. Thread-safe (an epoch's reading thread may outlive it)."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self._bufs: List[np.ndarray] = []
+        self._lock = threading.Lock()
+        # The count of a buffer nothing else refers to, measured as ``empty`` measures it
+        # (the list's reference, the loop's, getrefcount's argument: 3 on CPython 3.11)
+        probe = [np.empty(1, np.uint8)]
+        self._idle = [sys.getrefcount(b) for b in probe][0]
+
+    def empty(self, shape: Tuple[int, ...], dtype: type) -> np.ndarray:
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        with self._lock:
+            free = [b for b in self._bufs if sys.getrefcount(b) == self._idle and b.nbytes >= n]
+            if free:  # the smallest that fits: an index array does not take a block's buffer
+                return min(free, key=lambda b: b.nbytes)[:n].view(dtype).reshape(shape)
+            buf = np.empty(n, np.uint8)
+            if len(self._bufs) < self.keep:
+                self._bufs.append(buf)
+            return buf.view(dtype).reshape(shape)
+
+
+def _empty(shape: Tuple[int, ...], dtype: type, buffers: Optional[Buffers]) -> np.ndarray:
+    return np.empty(shape, dtype) if buffers is None else buffers.empty(shape, dtype)
+
+
 @dataclass
 class RowBlock:
-    """One row group. One-hot ids, dense values and the label of a row are packed into one
-    row-major int32 record ``[ids x F1 | dense float32 x D | label float32]`` so that
-    gathering a shuffled row costs one short run of cache lines instead of three. Ids are
-    int32 in the record when every cardinality fits (Criteo-TB's largest, 292M, does), else
-    int64 (two words each); batches always carry int64 ids."""
+    """Rows of one row group, column-major: ``ids`` (F1, R) one-hot ids, int32 when every
+    cardinality fits (Criteo-TB's largest, 292M, does; half the bytes to gather), else int64;
+    ``floats`` (D + 1, R) float32, the dense values (transformed) and the label in the last
+    row. Batches always carry int64 ids. ``order`` is the epoch's visiting order (None: file
+    order); a block made by ``arrange`` or ``take`` is in visiting order and has none."""
 
-    packed: np.ndarray  # (R, W) int32
-    num_onehot: int
-    num_dense: int
-    id_words: int  # 1: int32 ids, 2: int64 ids
-    bags: List[Tuple[np.ndarray, np.ndarray]]  # per multi-hot feature: values (nnz,), offsets (R + 1,)
-    order: Optional[np.ndarray] = None  # rows in visiting order; None = file order
+    ids: np.ndarray
+    floats: np.ndarray
+    bags: List[Bag]  # per multi-hot feature
+    order: Optional[np.ndarray] = None  # (R,) intp
     non_finite: int = 0  # dense values replaced by 0 (data.non_finite=zero)
-
-    @staticmethod
-    def allocate(rows: int, num_onehot: int, num_dense: int, wide_ids: bool) -> "RowBlock":
-        words = 2 if wide_ids else 1
-        width = words * num_onehot + num_dense + 1
-        return RowBlock(np.zeros((rows, width), np.int32), num_onehot, num_dense, words, [])
-
-    # Views of the packed record (of a block, or of gathered rows with the same layout).
-    def onehot(self, packed: Optional[np.ndarray] = None) -> np.ndarray:
-        p = self.packed if packed is None else packed
-        ids = p[:, : self.id_words * self.num_onehot]
-        return ids.view(np.int64) if self.id_words == 2 else ids  # (R, F1)
-
-    def dense(self, packed: Optional[np.ndarray] = None) -> np.ndarray:
-        p = self.packed if packed is None else packed
-        a = self.id_words * self.num_onehot
-        return p[:, a : a + self.num_dense].view(np.float32)  # (R, D)
-
-    def labels(self, packed: Optional[np.ndarray] = None) -> np.ndarray:
-        p = self.packed if packed is None else packed
-        return p[:, self.id_words * self.num_onehot + self.num_dense].view(np.float32)  # (R,)
 
     @property
     def rows(self) -> int:
-        return self.packed.shape[0] if self.order is None else self.order.shape[0]
+        return self.floats.shape[1] if self.order is None else self.order.shape[0]
 
-    def rows_of(self, a: int, b: int) -> np.ndarray | slice:
-        # Sorted within the batch: the same rows (order inside a batch does not matter to
-        # training), gathered front to back.
-        return slice(a, b) if self.order is None else np.sort(self.order[a:b])
+    def take(self, rows: np.ndarray, buffers: Optional[Buffers] = None) -> "RowBlock":
+        """The rows at file positions ``rows``, in that order."""
+        bags = [_bag_rows(v, o, rows) for v, o in self.bags]
+        ids = _empty((self.ids.shape[0], rows.shape[0]), self.ids.dtype, buffers)
+        floats = _empty((self.floats.shape[0], rows.shape[0]), np.float32, buffers)
+        # mode="wrap": rows are in range by construction; 20% faster than the checked "raise"
+        np.take(self.ids, rows, axis=1, out=ids, mode="wrap")
+        np.take(self.floats, rows, axis=1, out=floats, mode="wrap")
+        return RowBlock(ids, floats, bags)
+
+    def arrange(self, start: int, stop: int, first: int, size: int, buffers: Optional[Buffers] = None) -> "RowBlock":
+        """Visiting positions [start, stop) as a block whose position 0 is ``start``. The
+        batches cut it after ``first`` rows and then every ``size``; each such run is sorted
+        by file row (the same rows; order inside a batch does not matter to training, and
+        sorted rows are gathered front to back, 1.8x faster than in random order)."""
+        if self.order is None:
+            bags = [(v[o[start] : o[stop]], o[start : stop + 1] - o[start]) for v, o in self.bags]
+            return RowBlock(self.ids[:, start:stop], self.floats[:, start:stop], bags)
+        v = _empty((stop - start,), np.int32, buffers)  # 32-bit keys sort 1.8x faster
+        v[:] = self.order[start:stop]
+        v[:first].sort()
+        full = max(0, v.shape[0] - first) // size * size
+        v[first : first + full].reshape(-1, size).sort(axis=1)
+        v[first + full :].sort()
+        rows = _empty(v.shape, np.intp, buffers)  # np.take's index type (it would convert)
+        rows[:] = v
+        return self.take(rows, buffers)
 
     def repeat_row(self, pos: int, n: int) -> "RowBlock":
-        """A block whose ``n`` rows are all copies of visiting position ``pos`` (padding)."""
+        """``n`` copies of the row at visiting position ``pos`` (padding)."""
         r = pos if self.order is None else int(self.order[pos])
-        bags = [(v[o[r] : o[r + 1]], np.array([0, o[r + 1] - o[r]])) for v, o in self.bags]
-        return RowBlock(self.packed[r : r + 1], self.num_onehot, self.num_dense, self.id_words, bags, np.zeros(n, np.int64))
+        return self.take(np.full(n, r, np.intp))
 
     @staticmethod
     def zeros(schema: FeatureSchema, n: int) -> "RowBlock":
         """``n`` all-zero rows with id 0 in every feature (padding for a rank with no rows)."""
         multi = sum(f.multi_hot for f in schema.sparse)
-        blk = RowBlock.allocate(1, len(schema.sparse) - multi, len(schema.dense), wide_ids(schema))
-        blk.bags = [(np.zeros(1, np.int64), np.array([0, 1]))] * multi
-        blk.order = np.zeros(n, np.int64)
-        return blk
+        ids = np.zeros((len(schema.sparse) - multi, n), _id_dtype(schema))
+        bags = [(np.zeros(n, np.int64), np.arange(n + 1))] * multi
+        return RowBlock(ids, np.zeros((len(schema.dense) + 1, n), np.float32), bags)
 
 
-Segment = Tuple[RowBlock, int, int]
+Segment = Tuple[RowBlock, int, int]  # rows [a, b) of a block in visiting order
 
 
 def wide_ids(schema: FeatureSchema) -> bool:
     return max((f.cardinality for f in schema.sparse), default=0) > np.iinfo(np.int32).max
 
 
-def _bag_rows(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray | slice) -> Tuple[np.ndarray, np.ndarray]:
-    """Values and lengths of the bags at ``rows`` (in that order)."""
-    if isinstance(rows, slice):
-        o = offsets[rows.start : rows.stop + 1]
-        return values[o[0] : o[-1]], np.diff(o)
+def _id_dtype(schema: FeatureSchema) -> type:
+    return np.int64 if wide_ids(schema) else np.int32
+
+
+def _bag_rows(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> Bag:
+    """Values and offsets of the bags at ``rows`` (in that order)."""
     lengths = np.diff(offsets)[rows]
     starts = offsets[:-1][rows]
-    idx = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
-    return values[idx], lengths
+    ends = np.cumsum(lengths)
+    idx = np.repeat(starts - (ends - lengths), lengths) + np.arange(int(ends[-1]) if ends.size else 0)
+    return values[idx], np.concatenate([[0], ends])
 
 
 def gather(segments: Sequence[Segment], multi_hot: Sequence[bool]):
@@ -109,30 +147,32 @@ def gather(segments: Sequence[Segment], multi_hot: Sequence[bool]):
 
     ``multi_hot[f]`` says whether feature f (schema order) is a bag. Returns
     ``(labels, dense, values, lengths)`` with key-major values; ``lengths`` is None when
-    every feature is one-hot (every bag has length 1).
+    every feature is one-hot (every bag has length 1). Labels and dense are views of the
+    arranged block when the batch lies in one (dense is then strided, which torch reads
+    without a copy); the values are the batch's own int64 copy.
     """
-    rows = [(blk, blk.rows_of(a, b)) for blk, a, b in segments]
-    first = segments[0][0]
-    # (B, W): the one random gather. np.take(axis=0) copies whole rows, 3x faster than
-    # fancy indexing on a 2-D array.
-    parts = [blk.packed[r] if isinstance(r, slice) else np.take(blk.packed, r, axis=0) for blk, r in rows]
-    packed = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    labels = first.labels(packed).copy()
-    dense = first.dense(packed)  # a strided view (rows W words apart): torch reads it without a copy
-    onehot = first.onehot(packed).T  # (F1, B) view
+    if len(segments) == 1:
+        blk, a, b = segments[0]
+        ids, floats = blk.ids[:, a:b], blk.floats[:, a:b]
+    else:
+        ids = np.concatenate([blk.ids[:, a:b] for blk, a, b in segments], axis=1)
+        floats = np.concatenate([blk.floats[:, a:b] for blk, a, b in segments], axis=1)
+    labels, dense = floats[-1], floats[:-1].T
+    onehot = ids.astype(np.int64)  # (F1, B), C order: key-major values
     if not any(multi_hot):
-        return labels, dense, onehot.astype(np.int64, order="C").reshape(-1), None
+        return labels, dense, onehot.reshape(-1), None
     b = labels.shape[0]
     vals, lens = [], []
     j = k = 0
     for is_bag in multi_hot:
         if is_bag:
-            parts = [_bag_rows(*blk.bags[k], r) for blk, r in rows]
-            vals += [v for v, _ in parts]
-            lens += [ln.astype(np.int32) for _, ln in parts]
+            for blk, a, e in segments:
+                v, o = blk.bags[k]
+                vals.append(v[o[a] : o[e]])
+                lens.append(np.diff(o[a : e + 1]).astype(np.int32))
             k += 1
         else:
-            vals.append(onehot[j].astype(np.int64))
+            vals.append(onehot[j])
             lens.append(np.ones(b, np.int32))
             j += 1
     return labels, dense, np.concatenate(vals), np.concatenate(lens)
@@ -181,7 +221,8 @@ def _numbers(table: pa.Table, name: str) -> np.ndarray:
 
 
 def convert(
-    table: pa.Table, schema: FeatureSchema, where: str, dense_transform: str, validate: bool, non_finite: str = "fail"
+    table: pa.Table, schema: FeatureSchema, where: str, dense_transform: str, validate: bool, non_finite: str = "fail",
+    buffers: Optional[Buffers] = None,
 ) -> RowBlock:
     """An Arrow row group -> ``RowBlock`` (file order); errors name ``where`` and the column.
 
@@ -208,15 +249,14 @@ def convert(
         _check_ids(ids, onehot_features, bags, bag_features, where)
     dense_cols = [_numbers(table, name) for name in schema.dense]
 
-    # Fill the record column-major (contiguous copies, the dense transform on contiguous
-    # memory), then transpose once: 1.3x faster than writing columns into row records.
-    blk = RowBlock.allocate(0, len(onehot_features), len(schema.dense), wide_ids(schema))
-    q = np.empty((blk.packed.shape[1], table.num_rows), np.int32)
-    w = blk.id_words * len(ids)
-    q_ids = q[:w].view(np.int64) if blk.id_words == 2 else q[:w]
+    # Column-major copies (contiguous, the dense transform on contiguous memory): ids
+    # narrowed to 32 bits when they fit (only validated ids: an unchecked one could wrap),
+    # dense values, then the label.
+    ids_out = _empty((len(ids), table.num_rows), _id_dtype(schema) if validate else np.int64, buffers)
     for j, col in enumerate(ids):
-        q_ids[j] = col
-    d = q[w : w + len(dense_cols)].view(np.float32)
+        ids_out[j] = col
+    floats = _empty((len(dense_cols) + 1, table.num_rows), np.float32, buffers)
+    d = floats[:-1]
     with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf: caught just below
         for j, col in enumerate(dense_cols):
             d[j] = col
@@ -225,11 +265,8 @@ def convert(
         np.log1p(np.fmax(d, 0.0, out=d), out=d)  # fmax: NaN (a null count) -> 0, negatives -> 0
     else:
         np.nan_to_num(d, copy=False, nan=0.0)
-    q[w + len(dense_cols)].view(np.float32)[:] = label
-    blk.packed = np.ascontiguousarray(q.T)
-    blk.bags = bags
-    blk.non_finite = replaced
-    return blk
+    floats[-1] = label
+    return RowBlock(ids_out, floats, bags, non_finite=replaced)
 
 
 def _check_dense(d: np.ndarray, cols: List[np.ndarray], table: pa.Table, schema: FeatureSchema, where: str, policy: str) -> int:

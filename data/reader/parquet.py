@@ -24,12 +24,13 @@ its pages are read is seen by one rank alone: that rank keeps the common step co
 padding its last batches (``num_valid`` marks the real rows, ``stats()["rows_padded"]``).
 
 Conversion is columnar (``columns.py``: numpy on whole row groups, no per-row Python; the
-shuffle is folded into the one copy of each id into its batch). A background thread reads,
-converts and batches into a bounded queue (``prefetch`` batches).
+shuffle is one ``np.take`` per array and row group, after which a batch is a slice). A
+background thread reads, converts and batches into a bounded queue (``prefetch`` batches).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -43,7 +44,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from compactrec.data.reader import fs
 from compactrec.data.reader import plan as plans
 from compactrec.data.reader.batch import Batch
-from compactrec.data.reader.columns import DataError, RowBlock, Segment, check_schema, convert, gather
+from compactrec.data.reader.columns import Buffers, DataError, RowBlock, Segment, check_schema, convert, gather
 from compactrec.data.reader.manifest import FeatureSchema
 from compactrec.data.reader.plan import Cursor, RowGroupRef
 from compactrec.data.reader.prefetch import prefetch
@@ -118,6 +119,7 @@ class ParquetReader:
         self.non_finite_replaced = 0  # dense values set to 0 (non_finite="zero")
         self.columns = [schema.label, *schema.dense, *schema.sparse_names]
         self._multi_hot = [f.multi_hot for f in schema.sparse]
+        self._keys = schema.sparse_names
         self.bad_files: List[Tuple[str, str]] = []  # (file, reason), footer-level
         self.bad_row_groups: List[Tuple[str, int, str]] = []  # (file, row group, reason)
         self.rows_lost = 0  # rows of bad row groups this rank skipped
@@ -126,6 +128,7 @@ class ParquetReader:
         self._rows = [g.rows for g in self.row_groups]
         self._data = plans.fingerprint(self.row_groups, seed, shuffle)
         self._ones = torch.ones(len(schema.sparse) * batch_size, dtype=torch.int32)
+        self._buffers = Buffers()  # large arrays reused across row groups and epochs
         self._run: Optional[_Run] = None
 
     # ---- planning (footers only) -------------------------------------------------
@@ -259,14 +262,15 @@ class ParquetReader:
         return out
 
     # ---- reading -------------------------------------------------------------------
-    def _read_block(self, ref: RowGroupRef, epoch: int, files: Dict[str, pq.ParquetFile]) -> RowBlock:
+    def _read_block(self, ref: RowGroupRef, epoch: int, files: Dict[str, pq.ParquetFile],
+                    buffers: Optional[Buffers] = None) -> RowBlock:
         pf = files.get(ref.file) or files.setdefault(ref.file, self._open(ref.file))
         where = f"{ref.file} row group {ref.index}"
         try:
             table = pf.read_row_group(ref.index, columns=self.columns)
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"{where}: cannot read ({e})") from None
-        block = convert(table, self.schema, where, self.dense_transform, self.validate, self.non_finite)
+        block = convert(table, self.schema, where, self.dense_transform, self.validate, self.non_finite, buffers)
         self.non_finite_replaced += block.non_finite
         if block.rows != ref.rows:
             raise DataError(f"{where}: has {block.rows} rows, its footer says {ref.rows}")
@@ -274,10 +278,11 @@ class ParquetReader:
             block.order = np.random.default_rng([self.seed, epoch, ref.gid]).permutation(block.rows)
         return block
 
-    def _block_or_skip(self, gid: int, epoch: int, files: Dict[str, pq.ParquetFile]) -> Optional[RowBlock]:
+    def _block_or_skip(self, gid: int, epoch: int, files: Dict[str, pq.ParquetFile],
+                       buffers: Buffers) -> Optional[RowBlock]:
         ref = self.row_groups[gid]
         try:
-            return self._read_block(ref, epoch, files)
+            return self._read_block(ref, epoch, files, buffers)
         except DataError as e:
             if self.on_bad_file == "fail":
                 raise
@@ -288,17 +293,17 @@ class ParquetReader:
 
     def _to_batch(self, segments: List[Segment], num_valid: int = -1) -> Batch:
         labels, dense, values, lengths = gather(segments, self._multi_hot)
-        features = len(self.schema.sparse)
+        features = len(self._keys)
         if lengths is None:  # all one-hot: reuse one lengths tensor of ones
             t_lengths = self._ones if values.shape[0] == self._ones.shape[0] else torch.ones(values.shape[0], dtype=torch.int32)
             per_key = [values.shape[0] // features] * features
         else:
             t_lengths = torch.from_numpy(lengths)
             per_key = lengths.reshape(features, -1).sum(1).tolist()
-        # values per key, known here on the host: TorchRec would otherwise sum the lengths
-        # on the device and read them back in every sharded lookup's input distribution
-        kjt = KeyedJaggedTensor(keys=self.schema.sparse_names, values=torch.from_numpy(values), lengths=t_lengths,
-                                length_per_key=per_key)
+        # values and offsets per key, known here on the host: TorchRec would otherwise sum the
+        # lengths on the device and read them back in every sharded lookup's input distribution
+        kjt = KeyedJaggedTensor(keys=self._keys, values=torch.from_numpy(values), lengths=t_lengths,
+                                length_per_key=per_key, offset_per_key=[0, *itertools.accumulate(per_key)])
         return Batch(
             dense_features=torch.from_numpy(dense),
             sparse_features=kjt,
@@ -311,22 +316,26 @@ class ParquetReader:
         steps = run.plan_steps - first_step
         stream = plans.skip(run.streams[self.rank], first_step * b)
         files: Dict[str, pq.ParquetFile] = {}
+        buffers = self._buffers
         done, have = 0, 0
         segments: List[Segment] = []
-        last: Optional[RowBlock] = None
+        last: Optional[RowBlock] = None  # padding repeats its first visited row
         cached: Tuple[int, Optional[RowBlock]] = (-1, None)
         for gid, start, stop in stream:
             if done >= steps:
                 break
             if cached[0] != gid:  # a re-dealt stream may list one row group twice in a row
-                cached = (gid, self._block_or_skip(gid, run.epoch, files))
+                cached = (gid, self._block_or_skip(gid, run.epoch, files, buffers))
             block = cached[1]
             if block is None:
                 continue
-            last, pos = block, start
-            while pos < stop and done < steps:
-                n = min(b - have, stop - pos)
-                segments.append((block, pos, pos + n))
+            last = block
+            stop = min(stop, start + (steps - done) * b - have)  # no more rows than the steps take
+            part = block.arrange(start, stop, b - have, b, buffers)  # the one copy of these rows
+            pos = 0
+            while pos < part.rows:
+                n = min(b - have, part.rows - pos)
+                segments.append((part, pos, pos + n))
                 pos, have = pos + n, have + n
                 if have == b:
                     yield self._to_batch(segments)

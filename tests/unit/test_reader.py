@@ -90,6 +90,16 @@ def test_kjt_values_per_key_match_its_lengths(data: str, request):
     assert kjt.to_dict()["cat_1"].values().tolist() == table.column("cat_1").to_pylist()[:50]
 
 
+@pytest.mark.parametrize("data", ["tiny_data", "tiny_multihot_data"])
+def test_kjt_offsets_per_key_and_int64_values(data: str, request):
+    """Row groups hold 32-bit ids, batches int64 ones; the offsets per key handed to TorchRec
+    are the running sums of the values per key."""
+    kjt = next(iter(_reader(request.getfixturevalue(data), batch_size=50, shuffle=True))).sparse_features
+    assert kjt.values().dtype == torch.int64
+    per_key = kjt.lengths().view(len(kjt.keys()), -1).sum(1)
+    assert kjt.offset_per_key() == [0, *torch.cumsum(per_key, 0).tolist()]
+
+
 def test_multi_hot_shuffle_keeps_bags_whole(tiny_multihot_data: Path):
     r = _reader(tiny_multihot_data, batch_size=4096, shuffle=True)
     b = next(iter(r.epoch(0)))
@@ -304,6 +314,22 @@ def test_cursor_at_end_of_epoch_yields_nothing_and_refuses_other_data(id_files, 
         ParquetReader(id_files, ID_SCHEMA, 64, shuffle=True, seed=6).num_steps(0, cursor)
 
 
+@pytest.mark.parametrize("b", [96, 300])
+def test_batches_held_by_the_consumer_keep_their_rows(id_files, b):
+    """The reader reuses its large arrays once nothing refers to them: batches kept (and
+    read ahead of) must not change when later ones are read, and equal batches consumed
+    one at a time (b=300: batches span row groups of 200)."""
+    held = list(id_reader(id_files, b, prefetch=2).epoch(0))
+    streamed = [(x.dense_features.clone(), x.labels.clone(), x.sparse_features.values().clone())
+                for x in id_reader(id_files, b, prefetch=2).epoch(0)]
+    assert len(held) == len(streamed)
+    for x, (dense, labels, values) in zip(held, streamed):
+        assert torch.equal(x.dense_features, dense) and torch.equal(x.labels, labels)
+        assert torch.equal(x.sparse_features.values(), values)
+    seen = [i for x in held for i in rids(x)]
+    assert len(seen) == len(set(seen)) == len(held) * b
+
+
 def test_cursor_names_each_ranks_next_shard_row_group_and_offset(id_files):
     reader = id_reader(id_files, 150, world_size=2, shuffle=False)
     it = reader.epoch(0)
@@ -377,3 +403,22 @@ def test_max_steps_caps_the_epoch_across_a_resume(id_files):
     assert id_reader(id_files, 64, world_size=2, max_steps=5).num_steps(0, cursor) == 3
     assert id_reader(id_files, 64, world_size=2).num_steps(0, cursor) == full - 2
     assert id_reader(id_files, 64, world_size=1, max_steps=5).num_steps(0, cursor) == 3  # re-dealt, same cap
+
+
+@pytest.mark.parametrize("size", [0, 1, 4, 8])
+def test_prefetch_hands_over_every_item_then_the_error(size: int):
+    """Items cross the reading thread's queue in groups: a partial last group, and the
+    items made before an error, still arrive, in order, before the error is raised."""
+    from compactrec.data.reader.prefetch import prefetch
+
+    def items(fail: bool):
+        yield from range(7)
+        if fail:
+            raise ValueError("bad row group")
+
+    assert list(prefetch(lambda: items(False), size)) == list(range(7))
+    got = []
+    with pytest.raises(ValueError, match="bad row group"):
+        for x in prefetch(lambda: items(True), size):
+            got.append(x)
+    assert got == list(range(7))
