@@ -422,3 +422,26 @@ def test_prefetch_hands_over_every_item_then_the_error(size: int):
         for x in prefetch(lambda: items(True), size):
             got.append(x)
     assert got == list(range(7))
+
+
+def test_ids_beyond_int32_keep_their_64_bits(tmp_path: Path):
+    """A one-hot feature whose cardinality does not fit int32 keeps its ids 64-bit inside the
+    row group (the int32 narrowing applies only when every cardinality fits): each row's id,
+    shuffled or not, comes back exactly."""
+    big = 3 * 2**31  # ids up to ~6.4e9
+    schema = FeatureSchema(label="label", dense=("rid",), sparse=(SparseFeature("a", 7), SparseFeature("w", big)))
+    rid = np.arange(700)
+    wide = (rid.astype(np.int64) * 9_176_543 + 2**31 + 5) % big
+    path = tmp_path / "wide.parquet"
+    pq.write_table(pa.table({"label": pa.array((rid % 2).astype(np.int8)), "rid": pa.array(rid.astype(np.float32)),
+                             "a": pa.array(rid % 7), "w": pa.array(wide)}), path, row_group_size=250)
+    assert wide.max() > 2**32
+    for shuffle in (False, True):
+        reader = ParquetReader([str(path)], schema, 70, dense_transform="none", seed=5, shuffle=shuffle)
+        got = {}
+        for b in reader.epoch(0):
+            ids = b.sparse_features.to_dict()["w"].values()
+            assert ids.dtype == torch.int64
+            for r, i in zip(rids(b), ids[: b.valid_rows].tolist()):
+                got[r] = i
+        assert got == {int(r): int(w) for r, w in zip(rid, wide)}, shuffle
