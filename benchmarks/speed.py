@@ -1,8 +1,10 @@
 """Training step time of every method against the full table, same batch, same run.
 
     OMP_NUM_THREADS=1 python benchmarks/speed.py [--batch-size 2048] [--rounds 7] [--steps 10] [--ratio 16]
-        [--world-size 1] [--set KEY=VALUE ...]
+        [--world-size 1] [--set KEY=VALUE ...] [--methods full full+fp16 hash ...]
 
+A method ``kind+fp16`` (or ``+bf16``) is that method with ``embedding.precision`` set, at the
+same bytes, timed in the same rounds as the others.
 Each method's DLRM is built and sharded exactly as in training (DistributedModelParallel on
 a gloo group of ``--world-size`` local ranks, FBGEMM fused rowwise Adagrad, the demo's
 synthetic data and dim 32), then the methods take turns: each round times ``--steps``
@@ -105,14 +107,16 @@ def _run(rank: int, world: int, opts: dict) -> None:
             if len(batches) == need:
                 break
     runs = {}
-    for kind in args.methods:
+    for name in args.methods:
+        kind, _, precision = name.partition("+")  # "hash+fp16": hash with fp16 tables, same bytes
         over = [f"data.path={args.data}", f"embedding.kind={kind}"] + ([] if kind == "full" else [f"compression.ratio={args.ratio}"])
+        over += [f"embedding.precision={precision}"] if precision else []
         if args.mlperf_model:
             over += ["model.arch=dcn", "model.embedding_dim=128", "model.dense_arch=[512,256,128]",
                      "model.over_arch=[1024,1024,512,256,1]", "model.dcn_num_layers=3", "model.dcn_low_rank_dim=512"]
         cfg = load_config(None, over + list(args.set))
         model = shard_model(_build(build_train_model, cfg, manifest, env), cfg.sharding.types, {}, env)
-        runs[kind] = (model, build_optimizer(model, cfg.optim))
+        runs[name] = (model, build_optimizer(model, cfg.optim))
 
     def steps(kind: str, chunk) -> tuple:
         """(process CPU ms, wall ms) per step (CPU: all threads; steadier on a shared box)."""
