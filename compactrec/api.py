@@ -123,10 +123,11 @@ def sharding_plan(
 
 def finish_sharding(model: "nn.Module") -> None:
     """After ``DistributedModelParallel``: give each CAFE module a sketch shard beside its
-    hot rows (a no-op for the other methods). Collective."""
-    from compactrec.sharding.cafe import attach_sharded_cafe
+    hot rows (a no-op for the other methods), and set ``reserve_unseen``'s reserved rows to 0
+    (DMP initialised them with their tables). Collective."""
+    from compactrec.sharding.shard import finish_sharding as _finish
 
-    attach_sharded_cafe(model)
+    _finish(model)
 
 
 def table_parameters(module: "nn.Module") -> List["torch.nn.Parameter"]:

@@ -96,6 +96,11 @@ class CompressedEmbedding(nn.Module):
         """Virtual one-table-per-feature configs (names and width only; not the storage)."""
         return self._configs
 
+    def reserved_rows(self) -> Dict[str, int]:
+        """``reserve_unseen``: table name -> the row never-seen ids read (kept at 0,
+        ``embeddings/reserved.py``). Empty for methods without reserved rows."""
+        return {}
+
     def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
 

@@ -54,6 +54,7 @@ from compactrec.embeddings.base import (
 )
 from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
 from compactrec.embeddings.hotsketch import SCALAR_BYTES, HotSketch
+from compactrec.embeddings.reserved import zero_reserved_rows
 from compactrec.embeddings.seen import SeenIds, seen_bytes
 from compactrec.hashing import hash_mod
 from compactrec.kernels import hash_remap, project_sum
@@ -244,6 +245,13 @@ class CafeEmbedding(CompressedEmbedding):
         self._pending: List[_Occurrences] = []
         self.router = None  # set by sharding.cafe.attach_sharded_cafe under DMP (several ranks)
         self.register_state_dict_pre_hook(_flush_before_save)
+        zero_reserved_rows(self)
+
+    def reserved_rows(self) -> Dict[str, int]:
+        """Row rows_{f,l} of every hash table: the sum over levels of a new id's rows is 0."""
+        if self.seen is None:
+            return {}
+        return {hash_table(f.name, l): rows for f in self.compressed for l, rows in enumerate(self.plan.hash_rows[f.name])}
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         # Pending importance was recorded against the state being replaced. (Not a load

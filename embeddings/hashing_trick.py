@@ -24,6 +24,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 from compactrec.embeddings.accounting import FP32
 from compactrec.embeddings.base import CompressedEmbedding, full_config, is_local, split_features, table_device
 from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
+from compactrec.embeddings.reserved import zero_reserved_rows
 from compactrec.embeddings.seen import SeenIds, seen_bytes
 from compactrec.trainer.config import HashConfig
 from compactrec.data.reader.manifest import FeatureSchema
@@ -88,6 +89,12 @@ class HashEmbedding(CompressedEmbedding):
         if self.seen is not None:
             self.register_buffer("seen_starts", torch.tensor(self.seen.starts, dtype=torch.int64, device=device),
                                  persistent=False)
+        zero_reserved_rows(self)
+
+    def reserved_rows(self) -> Dict[str, int]:
+        if self.seen is None:
+            return {}
+        return {f"hash_{f.name}": m for f, m in zip(self.schema.sparse, self.moduli_list) if m}
 
     def _rows(self, j: int, ids: torch.Tensor, m: int) -> torch.Tensor:
         """Feature j's ids (n,) int64 -> rows of its hashed table (m > 0)."""

@@ -41,6 +41,7 @@ from compactrec.embeddings.base import (
     one_hot_split, split_features, sum_pool, table_device, value_keys,
 )
 from compactrec.embeddings.budget import BudgetError, bisect, full_table_bytes
+from compactrec.embeddings.reserved import zero_reserved_rows
 from compactrec.embeddings.seen import SeenIds, seen_bytes
 from compactrec.trainer.config import QRConfig
 from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
@@ -129,6 +130,12 @@ class QREmbedding(CompressedEmbedding):
         self.register_buffer("seen_starts", torch.tensor(starts, dtype=torch.int64, device=device), persistent=False)
         self.register_buffer("reserved", torch.tensor(reserved_ids, dtype=torch.int64, device=device),
                              persistent=False)
+        self._reserved_q = {f"qr_q_{f.name}": -(-f.cardinality // plan.collisions[f.name]) for f in big}
+        zero_reserved_rows(self)
+
+    def reserved_rows(self) -> Dict[str, int]:
+        """The reserved W_q row of each compressed feature: 0, so mult gives 0 * W_r[0] = 0."""
+        return dict(self._reserved_q) if self.seen is not None else {}
 
     @staticmethod
     def _table(name: str, feature: str, rows: int, dim: int, lo: float, hi: float) -> EmbeddingConfig:

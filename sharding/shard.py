@@ -4,7 +4,8 @@
 (``sharding/planner.py``) and wraps the model in ``DistributedModelParallel``: tables are
 sharded (FBGEMM fused kernels, the optimizer applied in backward), the dense part is wrapped
 in DDP (or left to the dense engine with ``data_parallel=False``), and CAFE's sketch is split
-over the ranks beside its hot rows (``sharding/cafe.py``).
+over the ranks beside its hot rows (``sharding/cafe.py``); reserved rows of
+``reserve_unseen`` are zeroed (``embeddings/reserved.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ShardingEnv
 
+from compactrec.embeddings.reserved import zero_reserved_rows
 from compactrec.sharding.cafe import attach_sharded_cafe
 from compactrec.sharding.env import DistEnv
 from compactrec.sharding.planner import default_sharders, plan_model
@@ -53,5 +55,13 @@ def shard_model(
     )
     if not data_parallel:
         dmp.module.to(env.device)  # what DDP's wrapping does for the unsharded modules
-    attach_sharded_cafe(dmp)  # CAFE's sketch: one shard per rank, beside its hot rows
+    finish_sharding(dmp)
     return dmp
+
+
+def finish_sharding(dmp: nn.Module) -> None:
+    """What DMP's own init does not know about: CAFE's sketch split over the ranks beside
+    its hot rows (collective), and ``reserve_unseen``'s reserved rows back at 0 (TorchRec
+    initialised them at random with the rest of their tables; local writes only)."""
+    attach_sharded_cafe(dmp)
+    zero_reserved_rows(dmp)

@@ -1,6 +1,7 @@
 """``reserve_unseen`` (embeddings/seen.py): an id no training forward looked up reads a
-reserved, untrained row (hash, QR, CAFE), as a full table's untrained row would; every id a
-training forward looked up reads exactly what it read without the option; bytes exact."""
+reserved row (hash, QR, CAFE) that starts at 0 and is never trained (embeddings/reserved.py),
+a neutral input as a full table's untrained rows are; every id a training forward looked up
+reads exactly what it read without the option; bytes exact."""
 
 from __future__ import annotations
 
@@ -82,8 +83,9 @@ def test_new_ids_read_the_reserved_row_and_trained_ids_are_unchanged(kind: str, 
         torch.testing.assert_close(out_on[f], out_off[f])  # trained ids: as without the option
     new = on(_kjt(NEW)).to_dict()
     for f in ("b", "c"):
+        assert float(_reserved_row(on, kind, f).detach().abs().sum()) == 0.0, f  # zeroed at construction
         for row in new[f]:
-            torch.testing.assert_close(row, _reserved_row(on, kind, f))
+            torch.testing.assert_close(row, torch.zeros(DIM), rtol=0, atol=0)
     torch.testing.assert_close(new["a"], off(_kjt(NEW)).to_dict()["a"])  # small features: a full table
 
 
@@ -99,6 +101,9 @@ def test_reserved_rows_get_no_gradient_in_training(kind: str):
         else:
             grad = emb.ebc.embedding_bags[hash_table(f, 0)].weight.grad[-1]
         assert float(grad.abs().sum()) == 0.0, f
+    torch.optim.Adagrad(emb.parameters(), lr=0.5).step()
+    for f in ("b", "c"):
+        assert float(_reserved_row(emb, kind, f).detach().abs().sum()) == 0.0, f  # 0 stays 0 after a step
     assert bool(emb.seen.known(emb.seen.global_ids(1 if kind == "hash" else 0, torch.tensor(NEW["b"]))).all())
 
 
