@@ -88,6 +88,8 @@ def _check(cfg: CafeConfig) -> None:
         )
     if cfg.hot_rows is not None and cfg.hot_rows < 1:
         raise ValueError(f"embedding.cafe.hot_rows must be >= 1, got {cfg.hot_rows}")
+    if cfg.update_every < 1:
+        raise ValueError(f"embedding.cafe.update_every must be >= 1, got {cfg.update_every}")
 
 
 def _split_levels(rows: int, levels: int) -> Tuple[int, ...]:
@@ -306,7 +308,7 @@ class CafeEmbedding(CompressedEmbedding):
         (B, F_c * dim), one gradient hook, instead of a dozen small ops per feature."""
         recording = self.training and torch.is_grad_enabled()
         if recording:
-            self.flush()  # last step's importance: the sketch only changes between steps
+            self.flush(force=False)  # the last update_every steps' importance: the sketch only changes between steps
         names = [f.name for f in self.compressed]
         small, big = split_kjt(features, self.small_names, names)
         if big is None:  # every feature is small: plain full tables
@@ -380,26 +382,33 @@ class CafeEmbedding(CompressedEmbedding):
 
     # -------------------------------------------------------------------- sketch update
 
-    def flush(self) -> int:
+    def flush(self, force: bool = True) -> int:
         """Insert the pending importance into the sketch and migrate promoted ids' rows.
 
-        Returns the number of promotions. Called at the start of every training forward and
-        before ``state_dict``; call it yourself to inspect the sketch after a step.
+        A training forward calls ``flush(force=False)`` first, which updates the sketch once
+        ``cfg.update_every`` steps' importance is pending: the batches' (key, score) pairs
+        are inserted as ONE batch (scores summed per key, each batch normalised on its own),
+        so the sketch's fixed cost per update (its rounds, and under DMP its exchanges and
+        the migration lookup) is paid once per ``update_every`` steps. ``state_dict`` and
+        callers flush with ``force=True``: whatever is pending goes in. Every rank holds the
+        same number of pending batches (one per training forward), so under DMP all ranks
+        update at the same steps. Returns the number of promotions.
         """
+        if not self._pending or (not force and len(self._pending) < self.cfg.update_every):
+            return 0
         pending, self._pending = self._pending, []
-        promoted = 0
-        for occ in pending:
-            if self.router is not None:  # collective: every rank flushes the same number of times
-                keys, scores = occ.scores(self.cfg.importance, self.router.mean)
-                promoted += self.router.update(keys, scores)
-                continue
-            keys, scores = occ.scores(self.cfg.importance)
-            if keys.numel():
-                pk, ps, _, _ = self.sketch.insert(keys, scores)  # type: ignore[union-attr]
-                # demotion: the hot row is simply released; the id falls back to its hash rows
-                self._promote(pk, ps)
-                promoted += pk.numel()
-        return promoted
+        mean = None if self.router is None else self.router.mean
+        parts = [occ.scores(self.cfg.importance, mean) for occ in pending]
+        keys = torch.cat([k for k, _ in parts]) if len(parts) > 1 else parts[0][0]
+        scores = torch.cat([v for _, v in parts]) if len(parts) > 1 else parts[0][1]
+        if self.router is not None:  # collective: every rank updates at the same steps
+            return self.router.update(keys, scores)
+        if not keys.numel():
+            return 0
+        pk, ps, _, _ = self.sketch.insert(keys, scores)  # type: ignore[union-attr]
+        # demotion: the hot row is simply released; the id falls back to its hash rows
+        self._promote(pk, ps)
+        return pk.numel()
 
     def _promote(self, keys: torch.Tensor, slots: torch.Tensor) -> None:
         """Copy each promoted id's current non-hot embedding (sum over levels of its hash

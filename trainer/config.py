@@ -137,6 +137,7 @@ class CafeConfig:
     importance: str = "grad_norm"  # grad_norm | count
     levels: int = 1  # hash tables combined (summed) for non-hot ids: 1 = CAFE, >1 = multi-level
     reserve_unseen: bool = False  # ids no training forward looked up read reserved hash rows (N bits; embeddings/seen.py)
+    update_every: int = 1  # steps per sketch update: the importance of that many batches is inserted (and rows migrated) at once
     seed: int = 0
 
 

@@ -90,6 +90,7 @@ _RULES: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
     ("embedding.mixed_dim.sample_rows", lambda v: v >= 1, ">= 1"),
     ("embedding.cafe.levels", lambda v: v >= 1, ">= 1"),
     ("embedding.cafe.slots", lambda v: v >= 1, ">= 1"),
+    ("embedding.cafe.update_every", lambda v: v >= 1, ">= 1"),
     ("compression.ratio", lambda v: v is None or v > 0, "> 0 (or unset)"),
     ("compression.bytes", lambda v: v is None or v > 0, "> 0 (or unset)"),
     ("optim.dense_lr", lambda v: v >= 0, ">= 0"),

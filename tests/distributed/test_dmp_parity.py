@@ -47,6 +47,8 @@ CASES = {
     "mixed_dim": ("mixed_dim", ["compression.ratio=4"]),
     "cafe": ("cafe", ["compression.ratio=5", "embedding.cafe.threshold=3", "embedding.cafe.importance=count"]),
     "cafe_grad_norm": ("cafe", ["compression.ratio=5", "embedding.cafe.threshold=3", "embedding.cafe.importance=grad_norm"]),
+    # two steps' importance per sketch update: the sharded exchanges and migration run at step 3 only
+    "cafe_update2": ("cafe", ["compression.ratio=5", "embedding.cafe.threshold=3", "embedding.cafe.update_every=2"]),
     "robe": ("robe", ["compression.ratio=8"]),  # Z = 8: pooled lookups per (feature, chunk)
     "robe_z1": ("robe", ["compression.ratio=8", "embedding.robe.block=1"]),  # packed rows of 4: unpooled + scale_pool
     "robe_groups": ("robe", ["compression.ratio=8", "embedding.robe.group_by=feature"]),  # one array per feature
@@ -68,7 +70,7 @@ KERNEL_OPS = {
 EBC_TYPES = ["table_wise", "row_wise", "column_wise", "table_row_wise"]
 EC_TYPES = ["table_wise", "row_wise", "column_wise"]  # unpooled collections: no table_row_wise
 TYPES = {"full": EBC_TYPES, "hash": EBC_TYPES, "qr": EC_TYPES, "memcom": EC_TYPES, "mixed_dim": EC_TYPES,
-         "cafe": EBC_TYPES, "cafe_grad_norm": ["table_wise"], "robe": EBC_TYPES,
+         "cafe": EBC_TYPES, "cafe_grad_norm": ["table_wise"], "cafe_update2": ["row_wise"], "robe": EBC_TYPES,
          "robe_z1": EC_TYPES, "robe_groups": ["row_wise", "table_wise"]}  # row-wise: at 3 and 4 ranks
 
 

@@ -228,6 +228,39 @@ def test_importance_is_recorded_only_in_training():
     assert m.sketch.num_hot == 4
 
 
+@pytest.mark.parametrize("importance", ["count", "grad_norm"])
+def test_update_every_inserts_k_batches_at_once(importance):
+    """update_every=3: the sketch does not change for 3 steps, then holds exactly what ONE
+    insert of the 3 batches' (key, score) pairs gives (each batch normalised on its own),
+    with the promoted ids' rows migrated; a state_dict flushes what is pending."""
+    torch.manual_seed(0)
+    m, cfg = make_cafe(hot_rows=6, threshold=3.0, importance=importance, update_every=3)
+    ref, _ = make_cafe(hot_rows=6, threshold=3.0, importance=importance)
+    rng = np.random.default_rng(11)
+    pairs = []
+    for step in range(3):
+        out = m.train()(kjt(random_bags(rng, 16, multi_hot=True, zipf=1.2)))
+        (out.values() * torch.randn_like(out.values())).sum().backward()
+        pairs.append(m._pending[-1].scores(importance))
+        assert m.sketch.num_hot == 0 and float(m.sketch.inserted) == 0.0 and len(m._pending) == step + 1
+    keys = torch.cat([k for k, _ in pairs])
+    scores = torch.cat([v for _, v in pairs])
+    promoted_keys, _, _, _ = ref.sketch.insert(keys, scores)
+    assert promoted_keys.numel() > 0
+    hash_before = m.eval()(probe()).to_dict()
+    m.train()(kjt(random_bags(rng, 16, multi_hot=True)))  # the 4th step's forward updates first
+    for name in ("keys", "scores", "hot", "owner", "inserted"):
+        torch.testing.assert_close(getattr(m.sketch, name), getattr(ref.sketch, name), rtol=0, atol=0)
+    after = m.eval()(probe()).to_dict()
+    for f in BIG:  # migrated: a promoted id reads its hash embedding from the hot table
+        for i in range(BIG[f]):
+            if int(m.global_ids(f, torch.tensor(i))) in set(promoted_keys.tolist()):
+                torch.testing.assert_close(after[f][i], hash_before[f][i])
+    assert len(m._pending) == 1
+    m.state_dict()
+    assert not m._pending  # forced: a checkpoint holds every step's importance
+
+
 def test_state_dict_round_trip():
     torch.manual_seed(0)
     m, cfg = make_cafe(hot_rows=10, threshold=3.0, levels=2)
