@@ -4,7 +4,8 @@
         [--world-size 1] [--set KEY=VALUE ...] [--methods full full+fp16 hash ...]
 
 A method ``kind+fp16`` (or ``+bf16``) is that method with ``embedding.precision`` set, at the
-same bytes, timed in the same rounds as the others.
+same bytes, timed in the same rounds as the others; ``kind:KEY=VALUE[,KEY=VALUE]`` is that method
+with config overrides (``cafe:embedding.cafe.update_every=8``).
 Each method's DLRM is built and sharded exactly as in training (DistributedModelParallel on
 a gloo group of ``--world-size`` local ranks, FBGEMM fused rowwise Adagrad, the demo's
 synthetic data and dim 32), then the methods take turns: each round times ``--steps``
@@ -108,8 +109,10 @@ def _run(rank: int, world: int, opts: dict) -> None:
                 break
     runs = {}
     for name in args.methods:
-        kind, _, precision = name.partition("+")  # "hash+fp16": hash with fp16 tables, same bytes
+        method, _, knobs = name.partition(":")  # "cafe:embedding.cafe.update_every=8": with overrides
+        kind, _, precision = method.partition("+")  # "hash+fp16": hash with fp16 tables, same bytes
         over = [f"data.path={args.data}", f"embedding.kind={kind}"] + ([] if kind == "full" else [f"compression.ratio={args.ratio}"])
+        over += [k for k in knobs.split(",") if k]
         over += [f"embedding.precision={precision}"] if precision else []
         if args.mlperf_model:
             over += ["model.arch=dcn", "model.embedding_dim=128", "model.dense_arch=[512,256,128]",

@@ -455,15 +455,24 @@ class _NormHook:
 
 def _column_groups(kt: KeyedTensor, groups: List[List[str]]) -> List[torch.Tensor]:
     """The columns of each group of keys of a pooled KeyedTensor, the group's keys side by
-    side: one (B, sum of its widths) tensor per group. Views from ONE split when the groups
-    tile the KeyedTensor in this order (TorchRec keeps the input's key order on one rank):
-    then the backward is one cat, where a slice per group would each allocate and add a
-    zero-filled gradient of the whole (B, K * dim) output. Otherwise (sharded outputs can
-    come back in another order) one split per key and a cat per group."""
-    widths = dict(zip(kt.keys(), kt.length_per_key()))
-    if kt.keys() == [k for g in groups for k in g]:
-        return list(kt.values().split([sum(widths[k] for k in g) for g in groups], dim=1))
-    cols = dict(zip(kt.keys(), kt.values().split(kt.length_per_key(), dim=1)))
+    side: one (B, sum of its widths) tensor per group. Views from ONE split when every group
+    is a run of consecutive keys in the KeyedTensor, in the group's order, and the runs tile
+    it (in any order of the groups: DMP orders its output by sharding type, e.g. small full
+    tables, then hash tables, then the row-wise hot table). Then the backward is one cat,
+    where a slice per group would each allocate and add a zero-filled gradient of the whole
+    (B, K * dim) output. Otherwise one split per key and a cat per group."""
+    keys = kt.keys()
+    widths = dict(zip(keys, kt.length_per_key()))
+    at = {k: i for i, k in enumerate(keys)}
+    nonempty = [(i, g) for i, g in enumerate(groups) if g]
+    runs = sorted(nonempty, key=lambda ig: at.get(ig[1][0], -1))
+    if all(k in at for _, g in runs for k in g) and [k for _, g in runs for k in g] == keys:
+        parts = kt.values().split([sum(widths[k] for k in g) for _, g in runs], dim=1)
+        out = [kt.values()[:, :0]] * len(groups)
+        for (i, _), part in zip(runs, parts):
+            out[i] = part
+        return out
+    cols = dict(zip(keys, kt.values().split(kt.length_per_key(), dim=1)))
     return [torch.cat([cols[k] for k in g], dim=1) if g else kt.values()[:, :0] for g in groups]
 
 

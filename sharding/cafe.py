@@ -45,13 +45,18 @@ class _PGSync:
 
     def __init__(self, pg: Optional[dist.ProcessGroup], device: torch.device) -> None:
         self.pg, self.device = pg, device
+        self.alone = dist.get_world_size(pg) == 1  # one rank: the reductions are the identity
 
     def max(self, value: int) -> int:
+        if self.alone:
+            return value
         t = torch.tensor([value], dtype=torch.int64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.pg)
         return int(t)
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.alone:
+            return value.detach().to(torch.float64).reshape(())
         t = value.detach().to(torch.float64).reshape(1).clone()
         dist.all_reduce(t, group=self.pg)
         return t[0]
@@ -109,6 +114,8 @@ class ShardedCafeSketch:
 
     def query(self, keys: torch.Tensor) -> torch.Tensor:
         """Global hot slot per key (-1: not hot); the same answer on every rank."""
+        if self.world == 1:  # one rank owns every bucket: no exchange (the same answer)
+            return self.local.query(keys)
         got, order, send, recv = _exchange(keys, self.owner_of(keys), self.world, self.pg)
         slots = self.local.query(got)
         slots = torch.where(slots >= 0, slots + self.slot_offset, slots)
@@ -116,6 +123,9 @@ class ShardedCafeSketch:
 
     def mean(self, scores: torch.Tensor) -> torch.Tensor:
         """Mean of the importance over every rank's occurrences."""
+        if self.world == 1:  # the same float64 sum / count as the reduction below
+            total = scores.sum(dtype=torch.float64)
+            return (total / max(scores.numel(), 1)).to(torch.float32)
         t = torch.stack([scores.sum().to(torch.float64), scores.new_tensor(scores.numel(), dtype=torch.float64)])
         dist.all_reduce(t, group=self.pg)
         # no host sync: an empty global batch gives 0 (the caller then inserts nothing)
@@ -125,6 +135,10 @@ class ShardedCafeSketch:
     def update(self, keys: torch.Tensor, scores: torch.Tensor) -> int:
         """Insert (key, score) pairs on their owners, migrate promoted rows; returns the
         number of promotions on this rank. Collective: every rank calls it, in step."""
+        if self.world == 1:  # no exchange, and the sketch's host-side round loop (same arithmetic)
+            pk, ps, _, _ = self.local.insert(keys, scores)
+            self._migrate(pk, ps)
+            return pk.numel()
         packed = torch.stack([keys.to(torch.float64), scores.to(torch.float64)], 1)  # one exchange
         got, _, _, _ = _exchange(packed, self.owner_of(keys), self.world, self.pg)
         pk, ps, _, _ = self.local.insert(got[:, 0].to(torch.int64), got[:, 1].to(torch.float32), sync=self.sync)

@@ -315,6 +315,18 @@ def test_every_method_row_wise_on_3_and_4_ranks(all_multihot_data: Path, tmp_pat
         assert abs((b1 - b0) - (hi - lo) * cafe["buckets"] / cafe["hot_rows"]) <= 1
 
 
+@pytest.mark.distributed
+def test_cafe_on_one_rank(all_multihot_data: Path, tmp_path: Path):
+    """DMP over ONE rank: the sketch skips its exchanges and reductions (sharding/cafe.py,
+    ``world == 1``) and must still train, promote and migrate exactly as one process."""
+    out = tmp_path / "result.pt"
+    runs = [("cafe", "row_wise"), ("cafe_grad_norm", "table_wise"), ("cafe_update2", "row_wise")]
+    spawn(_ranks, 1, str(all_multihot_data), runs, str(out))
+    results = torch.load(out, weights_only=False)
+    assert list(results) == runs
+    _check(results, 1)
+
+
 # One-hot compressed features compose after pooling (no compose-before-pool kernel runs).
 ONE_HOT_KERNELS = {"qr": set(), "memcom": {"hash_remap"}, "mixed_dim": {"project_sum"}}
 

@@ -74,7 +74,12 @@ def test_cafe_column_groups_split_once_or_gather_by_key():
     w = torch.randn(2, 6)
     (b * w).sum().backward()
     torch.testing.assert_close(values.grad, torch.cat([torch.zeros(2, 3), w, torch.zeros(2, 3)], dim=1))
-    # keys in another order than the groups: gathered by key
+    # groups that are runs of the KeyedTensor in another group order (DMP's output order):
+    # still views of one split
+    y, hs, x = _column_groups(kt, [["y"], ["h0", "h1"], ["x"]])
+    assert hs.data_ptr() == values[:, 3:].data_ptr() and y.data_ptr() == values[:, 9:].data_ptr()
+    assert torch.equal(x, values[:, :3]) and torch.equal(hs, values[:, 3:9]) and torch.equal(y, values[:, 9:])
+    # keys in another order inside a group: gathered by key
     got = _column_groups(kt, [["y", "x"], ["h1"], [], ["h0"]])
     torch.testing.assert_close(got[0], torch.cat([values[:, 9:12], values[:, 0:3]], dim=1))
     torch.testing.assert_close(got[1], values[:, 6:9])
