@@ -55,7 +55,7 @@ from compactrec.embeddings.base import (
 from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
 from compactrec.embeddings.hotsketch import SCALAR_BYTES, HotSketch
 from compactrec.embeddings.reserved import zero_reserved_rows
-from compactrec.embeddings.seen import SeenIds, seen_bytes
+from compactrec.embeddings.seen import SeenIds, reserve_on, seen_bytes
 from compactrec.hashing import hash_mod
 from compactrec.kernels import hash_remap, project_sum
 from compactrec.trainer.config import CafeConfig
@@ -151,7 +151,7 @@ def plan_cafe(
 
 def _reserve_bytes(big: List[SparseFeature], dim: int, cfg: CafeConfig) -> int:
     """``reserve_unseen``: the id bits and one reserved row per hash table."""
-    if not cfg.reserve_unseen or not big:
+    if not reserve_on(cfg.reserve_unseen) or not big:
         return 0
     return seen_bytes([f.cardinality for f in big]) + cfg.levels * len(big) * FP32 * dim
 
@@ -238,7 +238,7 @@ class CafeEmbedding(CompressedEmbedding):
         self._kjt_keys = [n for c in self.ebc.embedding_bag_configs() for n in c.feature_names]
         # reserve_unseen: a non-hot id no training forward looked up reads row rows_{f,l} of
         # each hash table (one past the hashed rows; no training id reads it).
-        self.seen = SeenIds([f.cardinality for f in big], device) if cfg.reserve_unseen and big else None
+        self.seen = SeenIds([f.cardinality for f in big], device) if reserve_on(cfg.reserve_unseen) and big else None
         self.sketch: Optional[HotSketch] = None
         if big:
             self.sketch = HotSketch(
@@ -281,7 +281,7 @@ class CafeEmbedding(CompressedEmbedding):
                     EmbeddingBagConfig(
                         name=hash_table(f.name, l),
                         embedding_dim=self.dim,
-                        num_embeddings=rows + int(self.cfg.reserve_unseen),  # last: the reserved row
+                        num_embeddings=rows + int(reserve_on(self.cfg.reserve_unseen)),  # last: the reserved row
                         feature_names=[f"{f.name}__h{l}"],
                         pooling=PoolingType.SUM,
                         weight_init_min=-bound,

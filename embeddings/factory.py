@@ -8,6 +8,7 @@ met by the build at that precision, not by the planner's fp32 arithmetic.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
@@ -18,6 +19,7 @@ from compactrec.embeddings.budget import BudgetError, budget_bytes
 from compactrec.embeddings.full import build_full
 from compactrec.embeddings.mixed_dim import CountsFn
 from compactrec.embeddings.precision import element_size, set_table_precision
+from compactrec.embeddings.seen import AUTO_BUDGET_SHARE, decide_reserve, seen_bytes
 from compactrec.trainer.config import CompressionConfig, EmbeddingConfig
 from compactrec.data.reader.manifest import FeatureSchema
 
@@ -84,6 +86,9 @@ def build_embeddings(
             raise
         module = _without_small_fields(cfg, compression, budget, schema, dim, device, counts, first)
     check_table_rows(module, cfg.max_table_rows)
+    note = reserve_note(cfg, budget, schema)
+    if note:
+        print(note, flush=True)
     return module
 
 
@@ -186,6 +191,25 @@ def _build_at(
     return set_table_precision(_build(cfg, lo, schema, dim, device, counts, small), cfg.precision)
 
 
+def _decided(sub, budget: Optional[int], schema: FeatureSchema):
+    """The method's sub-config with ``reserve_unseen`` decided: an unset flag is on while the
+    id bits fit ``AUTO_BUDGET_SHARE`` of the budget (embeddings/seen.py)."""
+    on = decide_reserve(sub.reserve_unseen, budget, schema.cardinalities)
+    return sub if sub.reserve_unseen is on else dataclasses.replace(sub, reserve_unseen=on)
+
+
+def reserve_note(cfg: EmbeddingConfig, budget: Optional[int], schema: FeatureSchema) -> Optional[str]:
+    """A log line when an unset ``reserve_unseen`` is decided off by the budget, else None."""
+    sub = getattr(cfg, cfg.kind, None)
+    if sub is None or not hasattr(sub, "reserve_unseen") or sub.reserve_unseen is not None:
+        return None
+    if decide_reserve(None, budget, schema.cardinalities):
+        return None
+    return (f"compactrec: {cfg.kind}: reserve_unseen off: its id bits ({seen_bytes(schema.cardinalities):,} B) would "
+            f"take more than {AUTO_BUDGET_SHARE:.0%} of the {budget:,} B budget; new ids read shared rows "
+            f"(set embedding.{cfg.kind}.reserve_unseen=true to keep them)")
+
+
 def _build(
     cfg: EmbeddingConfig,
     budget: Optional[int],
@@ -200,11 +224,11 @@ def _build(
     if cfg.kind == "hash":
         from compactrec.embeddings.hashing_trick import build_hash
 
-        return build_hash(schema, dim, cfg.hash, small, budget, device)
+        return build_hash(schema, dim, _decided(cfg.hash, budget, schema), small, budget, device)
     if cfg.kind == "qr":
         from compactrec.embeddings.qr import build_qr
 
-        return build_qr(schema, dim, cfg.qr, small, budget, device)
+        return build_qr(schema, dim, _decided(cfg.qr, budget, schema), small, budget, device)
     if cfg.kind == "memcom":
         from compactrec.embeddings.memcom import build_memcom
 
@@ -216,7 +240,7 @@ def _build(
     if cfg.kind == "cafe":
         from compactrec.embeddings.cafe import build_cafe
 
-        return build_cafe(schema, dim, cfg.cafe, small, budget, device)
+        return build_cafe(schema, dim, _decided(cfg.cafe, budget, schema), small, budget, device)
     if cfg.kind == "robe":
         from compactrec.embeddings.robe import build_robe
 

@@ -25,7 +25,7 @@ from compactrec.embeddings.accounting import FP32
 from compactrec.embeddings.base import CompressedEmbedding, full_config, is_local, split_features, table_device
 from compactrec.embeddings.budget import BudgetError, full_table_bytes, proportional_rows
 from compactrec.embeddings.reserved import zero_reserved_rows
-from compactrec.embeddings.seen import SeenIds, seen_bytes
+from compactrec.embeddings.seen import SeenIds, reserve_on, seen_bytes
 from compactrec.trainer.config import HashConfig
 from compactrec.data.reader.manifest import FeatureSchema
 
@@ -71,7 +71,7 @@ class HashEmbedding(CompressedEmbedding):
                     EmbeddingBagConfig(
                         name=f"hash_{f.name}",
                         embedding_dim=dim,
-                        num_embeddings=plan.rows[f.name] + int(cfg.reserve_unseen),  # last: the reserved row
+                        num_embeddings=plan.rows[f.name] + int(reserve_on(cfg.reserve_unseen)),  # last: the reserved row
                         feature_names=[f.name],
                         pooling=PoolingType.SUM,
                         # Rows are shared by ~N/m ids: start them at the full table's scale.
@@ -85,7 +85,7 @@ class HashEmbedding(CompressedEmbedding):
         self.moduli_list = moduli  # the same on the host: the fused path reads it without a sync
         # reserve_unseen: every feature's ids get a bit (small ones too: it keeps the routing
         # free of masks); a hashed id whose bit is unset reads row m_f, which no training id reads.
-        self.seen = SeenIds(schema.cardinalities, device) if cfg.reserve_unseen else None
+        self.seen = SeenIds(schema.cardinalities, device) if reserve_on(cfg.reserve_unseen) else None
         if self.seen is not None:
             self.register_buffer("seen_starts", torch.tensor(self.seen.starts, dtype=torch.int64, device=device),
                                  persistent=False)
@@ -148,7 +148,7 @@ def fixed_bytes(schema: FeatureSchema, dim: int, cfg: HashConfig, small_field_ro
     """Bytes that do not depend on the hashed rows: the small features' full tables, and with
     ``reserve_unseen`` the id bits and one reserved row per hashed feature."""
     small, big = split_features(schema, small_field_rows)
-    extra = seen_bytes(schema.cardinalities) + len(big) * dim * FP32 if cfg.reserve_unseen else 0
+    extra = seen_bytes(schema.cardinalities) + len(big) * dim * FP32 if reserve_on(cfg.reserve_unseen) else 0
     return full_table_bytes(small, dim) + extra
 
 
@@ -165,7 +165,7 @@ def plan_hash(schema: FeatureSchema, dim: int, budget: int, small_field_rows: in
     if left < len(big) * dim * FP32:
         raise BudgetError(
             f"hash: budget {budget} B is below the {fixed_bytes(schema, dim, cfg, small_field_rows) + len(big) * dim * FP32} B "
-            f"of the small features' full tables{', the id bits' if cfg.reserve_unseen else ''} plus one row per "
+            f"of the small features' full tables{', the id bits' if reserve_on(cfg.reserve_unseen) else ''} plus one row per "
             f"hashed feature"
         )
     return HashPlan(rows=proportional_rows(big, left // (dim * FP32)))

@@ -42,7 +42,7 @@ from compactrec.embeddings.base import (
 )
 from compactrec.embeddings.budget import BudgetError, bisect, full_table_bytes
 from compactrec.embeddings.reserved import zero_reserved_rows
-from compactrec.embeddings.seen import SeenIds, seen_bytes
+from compactrec.embeddings.seen import SeenIds, reserve_on, seen_bytes
 from compactrec.trainer.config import QRConfig
 from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
 
@@ -91,7 +91,7 @@ class QREmbedding(CompressedEmbedding):
             m = plan.collisions[f.name]
             bound = math.sqrt(1.0 / f.cardinality)
             r_lo, r_hi = (1 - cfg.remainder_init, 1 + cfg.remainder_init) if cfg.operation == "mult" else (-bound, bound)
-            q_rows = -(-f.cardinality // m) + int(cfg.reserve_unseen)  # last: the reserved row
+            q_rows = -(-f.cardinality // m) + int(reserve_on(cfg.reserve_unseen))  # last: the reserved row
             q = (f"qr_q_{f.name}", f"{f.name}__q", q_rows, part, -bound, bound)
             r = (f"qr_r_{f.name}", f"{f.name}__r", m, part, r_lo, r_hi)
             if f.multi_hot:
@@ -123,7 +123,7 @@ class QREmbedding(CompressedEmbedding):
         # reserve_unseen: an id no training forward looked up becomes ceil(N/m) * m, i.e. the
         # reserved W_q row (never trained: it keeps its small init) times W_r[0]; the product
         # of two trained rows would hand a new id other ids' embedding.
-        self.seen = SeenIds([f.cardinality for f in big], device) if cfg.reserve_unseen else None
+        self.seen = SeenIds([f.cardinality for f in big], device) if reserve_on(cfg.reserve_unseen) else None
         reserved_ids = [-(-f.cardinality // plan.collisions[f.name]) * plan.collisions[f.name] for f in big]
         # per-feature offsets into SeenIds' global id space and reserved ids, for every feature at once
         starts = self.seen.starts if self.seen is not None else [0] * len(big)
@@ -266,7 +266,7 @@ def _width(dim: int, cfg: QRConfig) -> int:
 def _fixed_bytes(schema: FeatureSchema, dim: int, small_field_rows: int, cfg: QRConfig) -> int:
     """Small features' full tables; with ``reserve_unseen`` + the id bits and a W_q row each."""
     small, big = split_features(schema, small_field_rows)
-    extra = seen_bytes([f.cardinality for f in big]) + len(big) * _width(dim, cfg) * FP32 if cfg.reserve_unseen else 0
+    extra = seen_bytes([f.cardinality for f in big]) + len(big) * _width(dim, cfg) * FP32 if reserve_on(cfg.reserve_unseen) else 0
     return full_table_bytes(small, dim) + extra
 
 

@@ -27,12 +27,33 @@ Example::
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
 
 WORD_BITS = 64
+
+
+# reserve_unseen unset (None): on while the bits take at most this share of the budget. At
+# dim 32 in fp32 a row is 1024 bits, so the bits cost R / 1024 of a budget of ratio R: on up
+# to ~100x, off beyond (where every byte must go to rows, and the hashing trick must stay
+# independent of the id count, e.g. on raw 32-bit ids).
+AUTO_BUDGET_SHARE = 0.1
+
+
+def reserve_on(flag: Optional[bool]) -> bool:
+    """``reserve_unseen`` as a module sees it: unset (None) counts as on. The factory
+    (``embeddings/factory.py``) decides an unset flag against the budget before building."""
+    return flag is not False
+
+
+def decide_reserve(flag: Optional[bool], budget: Optional[int], cardinalities: Sequence[int]) -> bool:
+    """An explicit flag stays; unset: on without a budget, else while ``seen_bytes`` of the
+    ``cardinalities`` is at most ``AUTO_BUDGET_SHARE`` of ``budget``."""
+    if flag is not None:
+        return flag
+    return budget is None or seen_bytes(cardinalities) <= AUTO_BUDGET_SHARE * budget
 
 
 def seen_bytes(cardinalities: Sequence[int]) -> int:

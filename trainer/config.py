@@ -87,7 +87,7 @@ class HashConfig:
     rows: Optional[int] = None  # rows per feature; None: from `compression`
     hash: str = "splitmix64"  # splitmix64 | identity (tests: identity with rows >= N is a full table)
     seed: int = 0
-    reserve_unseen: bool = False  # ids no training forward looked up read a reserved, untrained row (N bits; embeddings/seen.py)
+    reserve_unseen: Optional[bool] = None  # never-trained ids read a reserved zero row (N bits; embeddings/seen.py); None: while the bits fit 1/10 of the budget
 
 
 @dataclass
@@ -98,7 +98,7 @@ class QRConfig:
     collisions: Optional[int] = None  # m (remainder rows); None: from `compression`
     remainder_init: float = 0.01  # mult: W_r ~ U(1 - x, 1 + x) starts near a plain table
     scatter: bool = True  # ids -> a*i mod N first (a ~ 0.618 N, coprime): a W_q row is not m frequency-adjacent ids
-    reserve_unseen: bool = False  # ids no training forward looked up read a reserved W_q row (N bits; embeddings/seen.py)
+    reserve_unseen: Optional[bool] = None  # never-trained ids read a reserved zero W_q row (N bits; embeddings/seen.py); None: while the bits fit 1/10 of the budget
 
 
 @dataclass
@@ -136,7 +136,7 @@ class CafeConfig:
     slots: int = 4  # slots per sketch bucket
     importance: str = "grad_norm"  # grad_norm | count
     levels: int = 1  # hash tables combined (summed) for non-hot ids: 1 = CAFE, >1 = multi-level
-    reserve_unseen: bool = False  # ids no training forward looked up read reserved hash rows (N bits; embeddings/seen.py)
+    reserve_unseen: Optional[bool] = None  # never-trained non-hot ids read reserved zero hash rows (N bits; embeddings/seen.py); None: while the bits fit 1/10 of the budget
     update_every: int = 1  # steps per sketch update: the importance of that many batches is inserted (and rows migrated) at once
     seed: int = 0
 

@@ -114,7 +114,7 @@ def test_all_hot_equals_full_table(multi_hot):
 @pytest.mark.parametrize("levels", [1, 2])
 def test_cold_ids_use_hash_rows(levels):
     torch.manual_seed(0)
-    m, cfg = make_cafe(hot_rows=8, threshold=3.0, levels=levels, seed=5)
+    m, cfg = make_cafe(hot_rows=8, threshold=3.0, levels=levels, seed=5, reserve_unseen=False)  # untrained cold ids: hashed
     assert all(len(r) == levels for r in m.plan.hash_rows.values())
     make_hot(m, {"a": [0, 1, 2], "b": [3, 4]}, score=5.0)
     bags = random_bags(np.random.default_rng(2), 24, multi_hot=True)

@@ -85,7 +85,7 @@ def _close(a, b) -> None:
 def test_hash_identity_with_enough_rows_is_the_full_table():
     full = _full_with_weights()
     plan = HashPlan(rows={"b": 50, "c": 37})
-    emb = HashEmbedding(SCHEMA, DIM, HashConfig(hash="identity"), plan, SMALL)
+    emb = HashEmbedding(SCHEMA, DIM, HashConfig(hash="identity", reserve_unseen=False), plan, SMALL)
     with torch.no_grad():
         for f in SCHEMA.sparse:
             name = "t_a" if f.name == "a" else f"hash_{f.name}"
@@ -287,10 +287,16 @@ def test_state_dict_round_trip(kind: str, sub: Dict):
 
 def test_bytes_by_hand():
     small = 5 * DIM * FP32  # feature "a" keeps its full table
-    emb = build_embeddings(_emb_cfg("hash", {"hash": HashConfig(rows=7)}), CompressionConfig(), SCHEMA, DIM)
+    emb = build_embeddings(_emb_cfg("hash", {"hash": HashConfig(rows=7, reserve_unseen=False)}), CompressionConfig(), SCHEMA, DIM)
     assert module_bytes(emb) == small + (7 + 7) * DIM * 4
-    emb = build_embeddings(_emb_cfg("qr", {"qr": QRConfig(collisions=4)}), CompressionConfig(), SCHEMA, DIM)
+    # reserve_unseen (the default without a budget): a reserved row per hashed table + a bit
+    # per id of every feature (5 + 50 + 37 = 92 ids: two int64 words)
+    emb = build_embeddings(_emb_cfg("hash", {"hash": HashConfig(rows=7)}), CompressionConfig(), SCHEMA, DIM)
+    assert module_bytes(emb) == small + (8 + 8) * DIM * 4 + 2 * 8
+    emb = build_embeddings(_emb_cfg("qr", {"qr": QRConfig(collisions=4, reserve_unseen=False)}), CompressionConfig(), SCHEMA, DIM)
     assert module_bytes(emb) == small + ((13 + 4) + (10 + 4)) * DIM * 4  # ceil(50/4) + 4, ceil(37/4) + 4
+    emb = build_embeddings(_emb_cfg("qr", {"qr": QRConfig(collisions=4)}), CompressionConfig(), SCHEMA, DIM)
+    assert module_bytes(emb) == small + ((14 + 4) + (11 + 4)) * DIM * 4 + 2 * 8  # + a W_q row each, 87 bits
     emb = build_embeddings(_emb_cfg("memcom", {"memcom": MemComConfig(rows=5, bias=True, pack=4)}), CompressionConfig(), SCHEMA, DIM)
     scales = (13 * 4 + 10 * 4) * 2 * 4  # ceil(N/4) rows of 4 floats, w and b
     assert module_bytes(emb) == small + (5 + 5) * DIM * 4 + scales

@@ -126,3 +126,25 @@ def test_bytes_with_reserved_rows_are_exact(ratio: float):
     plan = plan_cafe(schema, DIM, budget, c, SMALL)
     emb = build_cafe(schema, DIM, c, SMALL, budget)
     assert module_bytes(emb) == cafe_bytes(plan, schema, DIM, c, SMALL) <= budget
+
+
+def test_unset_reserve_is_decided_by_the_budget(capsys):
+    """reserve_unseen unset (the default): on while the id bits fit a tenth of the budget
+    (MovieLens-like ratios), off with a log line beyond; an explicit flag always stays."""
+    from compactrec.embeddings.seen import AUTO_BUDGET_SHARE, decide_reserve
+
+    cards = [6400]  # 100 words: 800 bytes of bits
+    assert decide_reserve(None, None, cards) and decide_reserve(None, 8000, cards)
+    assert not decide_reserve(None, 7999, cards) and AUTO_BUDGET_SHARE == 0.1
+    assert decide_reserve(True, 1, cards) and not decide_reserve(False, 10**9, cards)
+    schema = FeatureSchema("label", (), (SparseFeature("a", 5), SparseFeature("b", 3000), SparseFeature("c", 1300)))
+    for kind in ("hash", "qr", "cafe"):
+        emb = build_embeddings(EmbeddingConfig(kind=kind, small_field_rows=SMALL), CompressionConfig(ratio=10), schema, DIM)
+        assert emb.seen is not None and emb.reserved_rows(), kind  # 10x at dim 8: the bits are ~4% of the budget
+        assert "reserve_unseen off" not in capsys.readouterr().out
+    # at 400x the bits (4305 ids: 544 B) exceed a tenth of the budget (~344 B): built without them
+    emb = build_embeddings(EmbeddingConfig(kind="hash", small_field_rows=SMALL), CompressionConfig(ratio=400), schema, DIM)
+    assert emb.seen is None and not emb.reserved_rows()
+    assert "hash: reserve_unseen off: its id bits (544 B)" in capsys.readouterr().out
+    forced = EmbeddingConfig(kind="hash", small_field_rows=SMALL, hash=HashConfig(reserve_unseen=True))
+    assert build_embeddings(forced, CompressionConfig(ratio=10), schema, DIM).seen is not None
