@@ -140,6 +140,8 @@ ABLATIONS: List[Point] = [
     _ablation("cafe", "no reserve", "new non-hot ids read their hash rows (default: reserved zero hash rows)",
               embedding__cafe__reserve_unseen=False),
     _ablation("cafe", "cold -> 0", "diagnosis: new ids embed to 0 at eval", zero_cold=True),
+    _ablation("robe", "no reserve", "new ids read their hashed chunks (default: a reserved zero chunk row)",
+              embedding__robe__reserve_unseen=False),
 ]
 
 

@@ -244,5 +244,5 @@ def _build(
     if cfg.kind == "robe":
         from compactrec.embeddings.robe import build_robe
 
-        return build_robe(schema, dim, cfg.robe, small, budget, device)
+        return build_robe(schema, dim, _decided(cfg.robe, budget, schema), small, budget, device)
     raise ValueError(f"unknown embedding.kind {cfg.kind!r}")

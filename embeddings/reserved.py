@@ -30,12 +30,17 @@ from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 
+_COLLECTIONS = ("EmbeddingBagCollection", "EmbeddingCollection",
+                "ShardedEmbeddingBagCollection", "ShardedEmbeddingCollection")  # stock, and DMP's
+
+
 def _weights(module: nn.Module) -> Dict[str, torch.Tensor]:
-    """Table name -> its weight (a Tensor or a ShardedTensor) over the module's collections,
-    unsharded (``embedding_bags.<t>.weight`` / ``embeddings.<t>.weight``) or sharded by DMP."""
+    """Table name -> its weight (a Tensor or a ShardedTensor) over every collection inside the
+    module (ROBE's sit in its arrays), unsharded (``embedding_bags.<t>.weight`` /
+    ``embeddings.<t>.weight``) or sharded by DMP."""
     out: Dict[str, torch.Tensor] = {}
-    for child in module.children():
-        if isinstance(child, (nn.ModuleList, nn.ModuleDict)) or not hasattr(child, "state_dict"):
+    for child in module.modules():
+        if type(child).__name__ not in _COLLECTIONS:
             continue
         for key, value in child.state_dict(keep_vars=True).items():
             parts = key.split(".")

@@ -57,6 +57,8 @@ from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
 from compactrec.embeddings.accounting import FP32
 from compactrec.embeddings.base import CompressedEmbedding, full_config, is_local, split_features, split_kjt, table_device, value_keys
 from compactrec.embeddings.budget import BudgetError, full_table_bytes
+from compactrec.embeddings.reserved import zero_reserved_rows
+from compactrec.embeddings.seen import SeenIds, reserve_on, seen_bytes
 from compactrec.hashing import splitmix64_np
 from compactrec.kernels.robe.reference import P
 from compactrec.trainer.config import RobeConfig
@@ -116,6 +118,9 @@ class RobeArray(nn.Module):
         self.cfg, self.dim, self.names, self.rows, self.table = cfg, dim, names, rows, table
         self.num_blocks = dim // cfg.block
         self.pack = pack(cfg.block)
+        # reserve_unseen: one table row past the R hashed chunk rows; never-trained ids read
+        # chunk row R (table row R / pack) for every chunk: zeros (embeddings/reserved.py)
+        self.reserve = int(reserve_on(cfg.reserve_unseen))
         if rows % self.pack:
             raise ValueError(f"robe: {rows} chunk rows are not a multiple of pack {self.pack} (Z = {cfg.block})")
         feats = [f for f in schema.sparse if f.name in set(names)]
@@ -124,31 +129,39 @@ class RobeArray(nn.Module):
         if self.pack == 1:  # one pooled lookup per (feature, chunk)
             keys = [chunk_key(f.name, c) for f in feats for c in range(self.num_blocks)]
             self.array: nn.Module = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
-                name=table, embedding_dim=cfg.block, num_embeddings=rows, feature_names=keys,
+                name=table, embedding_dim=cfg.block, num_embeddings=rows + self.reserve, feature_names=keys,
                 pooling=PoolingType.SUM, weight_init_min=-bound, weight_init_max=bound,
             )], device=table_device(device))
         else:  # packed rows: ids of one bag read different columns, so look up unpooled
             self.array = EmbeddingCollection(tables=[EmbeddingConfig(
-                name=table, embedding_dim=table_width(cfg.block), num_embeddings=rows // self.pack,
+                name=table, embedding_dim=table_width(cfg.block), num_embeddings=rows // self.pack + self.reserve,
                 feature_names=[self.packed_key], weight_init_min=-bound, weight_init_max=bound,
             )], device=table_device(device))
         bases, self.mult_id, self.mult_block = hash_params(schema, feats, dim, cfg)
         # per feature: its hash constant (a host-derived config constant, not state)
         self.register_buffer("bases", torch.tensor(bases, dtype=torch.int64, device=device), persistent=False)
 
-    def forward(self, big: KeyedJaggedTensor, fused: bool) -> List[torch.Tensor]:
+    def reserved_row(self) -> int:
+        """The table row never-trained ids read (all its chunk rows)."""
+        return self.rows // self.pack
+
+    def forward(self, big: KeyedJaggedTensor, fused: bool, known: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """``known`` (nnz,) bool, with reserve_unseen: False sends the value to the reserved row
+        (the collection path: the fused op hashes inside and has no such row)."""
         from compactrec.kernels import robe_bag, robe_rows
 
         ids = big.values()
         keys = value_keys(big)  # (nnz,): each value's feature in this array
         bases = self.bases[keys]
-        if fused and is_local(self.array):
+        if fused and known is None and is_local(self.array):
             weight = self.weight().view(-1, self.cfg.block)  # (R, Z): the packed table's memory
             pooled = robe_bag(ids, big.offsets(), bases, weight, dim=self.dim, mult_id=self.mult_id,
                               mult_block=self.mult_block)  # (F * B, d)
             return list(pooled.split(big.stride()))
         rows = robe_rows(ids, bases, num_blocks=self.num_blocks, num_rows=self.rows, mult_id=self.mult_id,
                          mult_block=self.mult_block)  # (nnz, d / Z)
+        if known is not None:
+            rows = torch.where(known[:, None], rows, torch.full_like(rows, self.rows))
         if self.pack > 1:
             return list(self._packed(big, rows).split(big.stride()))
         # Sum pooling commutes with concatenating the chunks: pooling each (feature, chunk) as
@@ -199,6 +212,16 @@ class RobeEmbedding(CompressedEmbedding):
         names = array_names(len(self.groups))
         self.arrays = nn.ModuleList(RobeArray(schema, g, dim, cfg, r, n, device)
                                     for g, r, n in zip(self.groups, plan.rows, names))
+        # reserve_unseen: a bit per id of every compressed feature (in self.big's order)
+        self.seen = SeenIds([f.cardinality for f in big], device) if reserve_on(cfg.reserve_unseen) and big else None
+        grouped = [n for g in self.groups for n in g]  # the order of the big KJT in embed
+        starts = [self.seen.starts[self.big.index(n)] for n in grouped] if self.seen is not None else [0] * len(grouped)
+        self.register_buffer("_seen_starts", torch.tensor(starts, dtype=torch.int64, device=device), persistent=False)
+        zero_reserved_rows(self)
+
+    def reserved_rows(self) -> Dict[str, int]:
+        """Each array's reserved table row (every chunk of a never-trained id reads it)."""
+        return {a.table: a.reserved_row() for a in self.arrays} if self.seen is not None else {}
 
     def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
         """Unsharded: the fused ``robe_bag`` per array. Sharded (DMP): ``robe_rows`` -> one
@@ -211,8 +234,17 @@ class RobeEmbedding(CompressedEmbedding):
         if big is None:
             return out
         parts = big.split([len(g) for g in self.groups]) if len(self.groups) > 1 else [big]
-        for group, part, array in zip(self.groups, parts, self.arrays):
-            out.update(zip(group, array(part, self.fused)))
+        known = [None] * len(parts)
+        if self.seen is not None:  # one bit lookup for every compressed value, split per array
+            gids = big.values().to(torch.int64) + self._seen_starts[value_keys(big)]
+            per_key = big.length_per_key()
+            sizes, at = [], 0
+            for g in self.groups:
+                sizes.append(sum(per_key[at:at + len(g)]))
+                at += len(g)
+            known = list(self.seen.looked_up(gids).split(sizes))
+        for group, part, array, k in zip(self.groups, parts, self.arrays, known):
+            out.update(zip(group, array(part, self.fused, k)))
         return out
 
 
@@ -267,9 +299,16 @@ def _chunk_major(big: KeyedJaggedTensor, rows: torch.Tensor, keys: torch.Tensor,
                              length_per_key=[n for n in per_key for _ in range(nb)])
 
 
+def _reserve_bytes(big: List[SparseFeature], groups: int, cfg: RobeConfig) -> int:
+    """reserve_unseen: the id bits and one table row per array."""
+    if not reserve_on(cfg.reserve_unseen) or not big:
+        return 0
+    return seen_bytes([f.cardinality for f in big]) + groups * table_width(cfg.block) * FP32
+
+
 def robe_bytes(schema: FeatureSchema, dim: int, cfg: RobeConfig, plan: RobePlan, small_field_rows: int) -> int:
-    small, _ = split_features(schema, small_field_rows)
-    return full_table_bytes(small, dim) + sum(plan.rows) * cfg.block * FP32
+    small, big = split_features(schema, small_field_rows)
+    return full_table_bytes(small, dim) + sum(plan.rows) * cfg.block * FP32 + _reserve_bytes(big, len(plan.rows), cfg)
 
 
 def split_rows(schema: FeatureSchema, groups: List[List[str]], total_rows: int, k: int) -> List[int]:
@@ -287,12 +326,13 @@ def plan_robe(schema: FeatureSchema, dim: int, budget: int, cfg: RobeConfig, sma
     rows in all, split over the arrays (``split_rows``)."""
     small, big = split_features(schema, small_field_rows)
     groups = feature_groups(cfg, [f.name for f in big], schema.sparse_names)
-    fixed = full_table_bytes(small, dim)
+    fixed = full_table_bytes(small, dim) + _reserve_bytes(big, len(groups), cfg)
     width, k = table_width(cfg.block), pack(cfg.block)
     table_rows = (budget - fixed) // (width * FP32)
     if table_rows < max(1, len(groups)):
+        bits = ", the id bits and a reserved row per array" if reserve_on(cfg.reserve_unseen) and big else ""
         raise BudgetError(f"robe: budget {budget} B is below the {fixed + max(1, len(groups)) * width * FP32} B of the "
-                          f"small features' full tables plus one table row of {width} values per array")
+                          f"small features' full tables{bits} plus one table row of {width} values per array")
     return RobePlan(rows=split_rows(schema, groups, table_rows, k))
 
 

@@ -7,8 +7,9 @@ embedding. With a time split that is most of the loss (MovieLens-100K: 87% of te
 have an id train never saw; on the 13% without one, hash / QR at 10x match the full table,
 docs/quality.md). ``SeenIds`` restores the full table's behaviour for the price of N bits:
 a training forward marks the ids it looks up (before the lookup, so a trained id is always
-marked), and every forward routes unmarked ids to a reserved row that no training id uses,
-so it keeps its init.
+marked), and every forward routes unmarked ids to a reserved row that no training id uses:
+it starts at 0 (``embeddings/reserved.py``) and stays 0. Unset (the default), the factory turns
+it on while the bits fit ``AUTO_BUDGET_SHARE`` of the budget.
 
 The bits live in a persistent int64 buffer over the global id space (local id + the
 feature's offset), so checkpoints keep them. Under DMP each rank marks the ids of its own

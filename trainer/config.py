@@ -151,6 +151,7 @@ class RobeConfig:
     seed: int = 0  # draws A, B, C, D
     group_by: str = "model"  # model: one array | feature: one per compressed feature | groups: the lists below
     groups: List[List[str]] = field(default_factory=list)  # group_by=groups: features sharing an array each
+    reserve_unseen: Optional[bool] = None  # never-trained ids read a reserved zero chunk row (N bits; embeddings/seen.py); None: while the bits fit 1/10 of the budget
 
 
 @dataclass

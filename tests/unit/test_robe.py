@@ -25,6 +25,7 @@ LAYOUTS = [(DIM, DIM), (DIM, 1), (DIM, 2), (12, 4), (8, 8)]
 
 
 def _robe(dim: int = DIM, **kw) -> RobeEmbedding:
+    kw.setdefault("reserve_unseen", False)  # these tests check the hashed reads (tests/unit/test_seen.py: the reserve)
     emb = build_embeddings(_emb_cfg("robe", {"robe": RobeConfig(**kw)}), CompressionConfig(), SCHEMA, dim)
     assert isinstance(emb, RobeEmbedding)
     assert (emb.pack == 1) == (kw.get("block", 8) % 4 == 0)

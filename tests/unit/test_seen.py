@@ -17,8 +17,9 @@ from compactrec.embeddings.cafe import build_cafe, cafe_bytes, hash_table, plan_
 from compactrec.embeddings.factory import build_embeddings
 from compactrec.embeddings.hashing_trick import hash_bytes, plan_hash
 from compactrec.embeddings.qr import plan_qr, qr_bytes
+from compactrec.embeddings.robe import plan_robe, robe_bytes
 from compactrec.embeddings.seen import SeenIds, seen_bytes
-from compactrec.trainer.config import CafeConfig, CompressionConfig, EmbeddingConfig, HashConfig, QRConfig
+from compactrec.trainer.config import CafeConfig, CompressionConfig, EmbeddingConfig, HashConfig, QRConfig, RobeConfig
 from compactrec.data.reader.manifest import FeatureSchema, SparseFeature
 
 DIM, SMALL = 8, 10
@@ -54,12 +55,18 @@ def test_bits_round_trip_in_state_dict():
 def _emb(kind: str, reserve: bool):
     sub = {"hash": {"hash": HashConfig(rows=16, reserve_unseen=reserve)},
            "qr": {"qr": QRConfig(collisions=9, reserve_unseen=reserve)},
-           "cafe": {"cafe": CafeConfig(hot_rows=4, reserve_unseen=reserve)}}[kind]
+           "cafe": {"cafe": CafeConfig(hot_rows=4, reserve_unseen=reserve)},
+           "robe": {"robe": RobeConfig(block=4, size=64, reserve_unseen=reserve)},
+           "robe_z2": {"robe": RobeConfig(block=2, size=64, reserve_unseen=reserve)}}[kind]
+    kind = kind.split("_")[0]
     torch.manual_seed(0)
     return build_embeddings(EmbeddingConfig(kind=kind, small_field_rows=SMALL, **sub), CompressionConfig(), SCHEMA, DIM)
 
 
 def _reserved_row(emb, kind: str, feature: str) -> torch.Tensor:
+    if kind.startswith("robe"):  # every chunk of a new id reads the array's reserved table row
+        array = emb.arrays[0]
+        return array.weight()[array.reserved_row()]
     if kind == "hash":
         return emb.ebc.embedding_bags[f"hash_{feature}"].weight[-1]
     if kind == "qr":
@@ -68,7 +75,7 @@ def _reserved_row(emb, kind: str, feature: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("kind", ["hash", "qr", "cafe"])
+@pytest.mark.parametrize("kind", ["hash", "qr", "cafe", "robe", "robe_z2"])
 def test_new_ids_read_the_reserved_row_and_trained_ids_are_unchanged(kind: str, fused: bool):
     on, off = _emb(kind, True), _emb(kind, False)
     with torch.no_grad():  # the same weights (off has no reserved rows: copy the shared part)
@@ -89,12 +96,14 @@ def test_new_ids_read_the_reserved_row_and_trained_ids_are_unchanged(kind: str, 
     torch.testing.assert_close(new["a"], off(_kjt(NEW)).to_dict()["a"])  # small features: a full table
 
 
-@pytest.mark.parametrize("kind", ["hash", "qr", "cafe"])
+@pytest.mark.parametrize("kind", ["hash", "qr", "cafe", "robe", "robe_z2"])
 def test_reserved_rows_get_no_gradient_in_training(kind: str):
     emb = _emb(kind, True)
     (emb(_kjt(NEW)).values() * torch.randn(5, 3 * DIM)).sum().backward()  # a training forward: all marked
     for f in ("b", "c"):
-        if kind == "hash":
+        if kind.startswith("robe"):
+            grad = emb.arrays[0].weight().grad[emb.arrays[0].reserved_row()]
+        elif kind == "hash":
             grad = emb.ebc.embedding_bags[f"hash_{f}"].weight.grad[-1]
         elif kind == "qr":
             grad = emb.table_weight(f"qr_q_{f}").grad[-1]
@@ -105,6 +114,7 @@ def test_reserved_rows_get_no_gradient_in_training(kind: str):
     for f in ("b", "c"):
         assert float(_reserved_row(emb, kind, f).detach().abs().sum()) == 0.0, f  # 0 stays 0 after a step
     assert bool(emb.seen.known(emb.seen.global_ids(1 if kind == "hash" else 0, torch.tensor(NEW["b"]))).all())
+    assert set(emb.reserved_rows())  # the tables zero_reserved_rows keeps at 0
 
 
 @pytest.mark.parametrize("ratio", [4.0, 10.0])
@@ -126,6 +136,13 @@ def test_bytes_with_reserved_rows_are_exact(ratio: float):
     plan = plan_cafe(schema, DIM, budget, c, SMALL)
     emb = build_cafe(schema, DIM, c, SMALL, budget)
     assert module_bytes(emb) == cafe_bytes(plan, schema, DIM, c, SMALL) <= budget
+    for block in (4, 2):  # pooled and packed arrays: + the bits and one table row each
+        r = RobeConfig(block=block, reserve_unseen=True)
+        plan = plan_robe(schema, DIM, budget, r, SMALL)
+        emb = build_embeddings(EmbeddingConfig(kind="robe", small_field_rows=SMALL, robe=r), CompressionConfig(ratio=ratio), schema, DIM)
+        assert module_bytes(emb) == robe_bytes(schema, DIM, r, plan, SMALL) <= budget
+        off = plan_robe(schema, DIM, budget, RobeConfig(block=block, reserve_unseen=False), SMALL)
+        assert sum(off.rows) > sum(plan.rows)  # the reserve's bytes come out of the array
 
 
 def test_unset_reserve_is_decided_by_the_budget(capsys):
