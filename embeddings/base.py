@@ -118,19 +118,26 @@ class CompressedEmbedding(nn.Module):
 
 
 def group_columns(kt: KeyedTensor, groups: List[List[str]]) -> List[torch.Tensor]:
-    """One (B, sum of its keys' widths) tensor per group of keys of a pooled KeyedTensor, by
-    ONE split when ``kt``'s keys are the groups' keys in order (its backward is one cat; a
-    slice per group would each allocate a zeroed (B, all) gradient), else per-key cats."""
-    keys = [k for g in groups for k in g]
-    if kt.keys() == keys:
-        widths, at = [], 0
-        per_key = kt.length_per_key()
-        for g in groups:
-            widths.append(sum(per_key[at : at + len(g)]))
-            at += len(g)
-        return list(kt.values().split(widths, dim=1))
-    parts = kt.to_dict()
-    return [torch.cat([parts[k] for k in g], dim=1) for g in groups]
+    """The columns of each group of keys of a pooled KeyedTensor, the group's keys side by
+    side: one (B, sum of its widths) tensor per group. Views from ONE split when every group
+    is a run of consecutive keys in the KeyedTensor, in the group's order, and the runs tile
+    it (in any order of the groups: DMP orders its output by sharding type, e.g. small full
+    tables, then hash tables, then the row-wise hot table). Then the backward is one cat,
+    where a slice per group would each allocate and add a zero-filled gradient of the whole
+    (B, K * dim) output. Otherwise one split per key and a cat per group."""
+    keys = kt.keys()
+    widths = dict(zip(keys, kt.length_per_key()))
+    at = {k: i for i, k in enumerate(keys)}
+    nonempty = [(i, g) for i, g in enumerate(groups) if g]
+    runs = sorted(nonempty, key=lambda ig: at.get(ig[1][0], -1))
+    if all(k in at for _, g in runs for k in g) and [k for _, g in runs for k in g] == keys:
+        parts = kt.values().split([sum(widths[k] for k in g) for _, g in runs], dim=1)
+        out = [kt.values()[:, :0]] * len(groups)
+        for (i, _), part in zip(runs, parts):
+            out[i] = part
+        return out
+    cols = dict(zip(keys, kt.values().split(kt.length_per_key(), dim=1)))
+    return [torch.cat([cols[k] for k in g], dim=1) if g else kt.values()[:, :0] for g in groups]
 
 
 def is_local(*collections: nn.Module) -> bool:

@@ -47,6 +47,7 @@ from compactrec.embeddings.base import (
     CompressedEmbedding,
     bag_ids,
     full_config,
+    group_columns,
     split_features,
     split_kjt,
     table_device,
@@ -323,7 +324,7 @@ class CafeEmbedding(CompressedEmbedding):
             per_key = small.length_per_key() + per_key
         kt = self.ebc(KeyedJaggedTensor(keys=self._kjt_keys, values=values, lengths=lengths, length_per_key=per_key))
         nf, levels, b = len(names), self.cfg.levels, big.stride()
-        small_cols, hot, hashed = _column_groups(kt, [self.small_names, [f"{n}__hot" for n in names],
+        small_cols, hot, hashed = group_columns(kt, [self.small_names, [f"{n}__hot" for n in names],
                                                       [f"{n}__h{l}" for n in names for l in range(levels)]])
         # hash columns are feature-major, level-minor: level l of every feature, side by side
         per_level = [hashed] if levels == 1 else [
@@ -451,29 +452,6 @@ class _NormHook:
     def __call__(self, grad: torch.Tensor) -> None:
         g = grad.detach()
         self.occ.norms[self.index] = g.view(g.shape[0], self.parts, -1).norm(dim=2).t().reshape(-1)
-
-
-def _column_groups(kt: KeyedTensor, groups: List[List[str]]) -> List[torch.Tensor]:
-    """The columns of each group of keys of a pooled KeyedTensor, the group's keys side by
-    side: one (B, sum of its widths) tensor per group. Views from ONE split when every group
-    is a run of consecutive keys in the KeyedTensor, in the group's order, and the runs tile
-    it (in any order of the groups: DMP orders its output by sharding type, e.g. small full
-    tables, then hash tables, then the row-wise hot table). Then the backward is one cat,
-    where a slice per group would each allocate and add a zero-filled gradient of the whole
-    (B, K * dim) output. Otherwise one split per key and a cat per group."""
-    keys = kt.keys()
-    widths = dict(zip(keys, kt.length_per_key()))
-    at = {k: i for i, k in enumerate(keys)}
-    nonempty = [(i, g) for i, g in enumerate(groups) if g]
-    runs = sorted(nonempty, key=lambda ig: at.get(ig[1][0], -1))
-    if all(k in at for _, g in runs for k in g) and [k for _, g in runs for k in g] == keys:
-        parts = kt.values().split([sum(widths[k] for k in g) for _, g in runs], dim=1)
-        out = [kt.values()[:, :0]] * len(groups)
-        for (i, _), part in zip(runs, parts):
-            out[i] = part
-        return out
-    cols = dict(zip(keys, kt.values().split(kt.length_per_key(), dim=1)))
-    return [torch.cat([cols[k] for k in g], dim=1) if g else kt.values()[:, :0] for g in groups]
 
 
 def build_cafe(

@@ -14,8 +14,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from compactrec.embeddings.base import join_rows, split_kjt, value_keys
-from compactrec.embeddings.cafe import _column_groups
+from compactrec.embeddings.base import group_columns, join_rows, split_kjt, value_keys
 from compactrec.sharding.planner import default_sharders, plan_model
 
 
@@ -65,10 +64,10 @@ def test_join_rows_is_a_view_of_consecutive_pieces_and_carries_gradients():
     torch.testing.assert_close(join_rows(gap), torch.cat(gap))
 
 
-def test_cafe_column_groups_split_once_or_gather_by_key():
+def test_column_groups_split_once_or_gather_by_key():
     values = torch.arange(2 * 12, dtype=torch.float32).view(2, 12).requires_grad_()
     kt = KeyedTensor(keys=["x", "h0", "h1", "y"], length_per_key=[3, 3, 3, 3], values=values)
-    a, b, c = _column_groups(kt, [["x"], ["h0", "h1"], ["y"]])
+    a, b, c = group_columns(kt, [["x"], ["h0", "h1"], ["y"]])
     assert b.data_ptr() == values[:, 3:].data_ptr() and torch.equal(b, values[:, 3:9])
     assert torch.equal(a, values[:, :3]) and torch.equal(c, values[:, 9:])
     w = torch.randn(2, 6)
@@ -76,11 +75,11 @@ def test_cafe_column_groups_split_once_or_gather_by_key():
     torch.testing.assert_close(values.grad, torch.cat([torch.zeros(2, 3), w, torch.zeros(2, 3)], dim=1))
     # groups that are runs of the KeyedTensor in another group order (DMP's output order):
     # still views of one split
-    y, hs, x = _column_groups(kt, [["y"], ["h0", "h1"], ["x"]])
+    y, hs, x = group_columns(kt, [["y"], ["h0", "h1"], ["x"]])
     assert hs.data_ptr() == values[:, 3:].data_ptr() and y.data_ptr() == values[:, 9:].data_ptr()
     assert torch.equal(x, values[:, :3]) and torch.equal(hs, values[:, 3:9]) and torch.equal(y, values[:, 9:])
     # keys in another order inside a group: gathered by key
-    got = _column_groups(kt, [["y", "x"], ["h1"], [], ["h0"]])
+    got = group_columns(kt, [["y", "x"], ["h1"], [], ["h0"]])
     torch.testing.assert_close(got[0], torch.cat([values[:, 9:12], values[:, 0:3]], dim=1))
     torch.testing.assert_close(got[1], values[:, 6:9])
     assert got[2].shape == (2, 0)
