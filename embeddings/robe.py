@@ -237,12 +237,7 @@ class RobeEmbedding(CompressedEmbedding):
         known = [None] * len(parts)
         if self.seen is not None:  # one bit lookup for every compressed value, split per array
             gids = big.values().to(torch.int64) + self._seen_starts[value_keys(big)]
-            per_key = big.length_per_key()
-            sizes, at = [], 0
-            for g in self.groups:
-                sizes.append(sum(per_key[at:at + len(g)]))
-                at += len(g)
-            known = list(self.seen.looked_up(gids).split(sizes))
+            known = list(self.seen.looked_up(gids).split([p.values().numel() for p in parts]))
         for group, part, array, k in zip(self.groups, parts, self.arrays, known):
             out.update(zip(group, array(part, self.fused, k)))
         return out
