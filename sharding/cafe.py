@@ -31,7 +31,7 @@ from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, Sharde
 from torch.distributed._shard.sharded_tensor.metadata import TensorProperties
 
 from compactrec.embeddings.base import kjt_from
-from compactrec.embeddings.cafe import HOT_TABLE, CafeEmbedding
+from compactrec.embeddings.cafe import HOT_TABLE, CafeEmbedding, hash_table
 from compactrec.embeddings.hotsketch import HotSketch, rebuild_free
 from compactrec.hashing import hash_mod
 
@@ -107,6 +107,8 @@ class ShardedCafeSketch:
         )
         self.hot_shard = hot_shard  # (s1 - s0, dim) view of this rank's rows of cafe_hot
         self.sync = _PGSync(pg, self.device)
+        # one rank with every hash table whole here: migration reads their rows directly
+        self.hash_weights = _whole_hash_tables(module) if self.world == 1 else None
 
     def owner_of(self, keys: torch.Tensor) -> torch.Tensor:
         bucket = hash_mod(keys, self.total_buckets, self.module.cfg.seed)
@@ -194,6 +196,16 @@ class ShardedCafeSketch:
         if p == 0:
             return
         feature = torch.searchsorted(m._starts_t, keys, right=True) - 1
+        if self.hash_weights is not None:  # the rows the collective lookup below would pool, read here
+            values = self.hot_shard.new_zeros(keys.numel(), m.dim, dtype=torch.float32)
+            for i, f in enumerate(m.compressed):
+                mine = torch.nonzero(feature == i).squeeze(1)
+                local = keys[mine] - m.offsets[f.name]
+                rows = [self.hash_weights[hash_table(f.name, l)][m.hash_rows(f.name, local, l)].float()
+                        for l in range(m.cfg.levels)]
+                values[mine] = sum(rows[1:], rows[0])
+            self.hot_shard[local_slots] = values.to(self.hot_shard.dtype)
+            return
         bags: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         for i, f in enumerate(m.compressed):
             mine = torch.nonzero(feature == i).squeeze(1)
@@ -312,6 +324,21 @@ def attach_sharded_cafe(model: nn.Module, pg: Optional[dist.ProcessGroup] = None
         module._register_load_state_dict_pre_hook(_load_hook, with_module=True)
         count += 1
     return count
+
+
+def _whole_hash_tables(module: CafeEmbedding) -> Optional[Dict[str, torch.Tensor]]:
+    """{hash table name: its weight (rows, dim)} when every hash table is whole on this rank
+    (views into the sharded EBC's storage, updated in place by the fused optimizer), else None."""
+    state = module.ebc.state_dict()
+    out: Dict[str, torch.Tensor] = {}
+    for f in module.compressed:
+        for l, rows in enumerate(module.plan.hash_rows[f.name]):
+            st = state.get(f"embedding_bags.{hash_table(f.name, l)}.weight")
+            shards = st.local_shards() if isinstance(st, ShardedTensor) else []
+            if len(shards) != 1 or list(shards[0].tensor.shape) != list(st.size()):
+                return None
+            out[hash_table(f.name, l)] = shards[0].tensor
+    return out
 
 
 def _empty_at(ranges: List[Tuple[int, int]], rank: int) -> int:

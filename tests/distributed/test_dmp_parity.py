@@ -49,6 +49,8 @@ CASES = {
     "cafe_grad_norm": ("cafe", ["compression.ratio=5", "embedding.cafe.threshold=3", "embedding.cafe.importance=grad_norm"]),
     # two steps' importance per sketch update: the sharded exchanges and migration run at step 3 only
     "cafe_update2": ("cafe", ["compression.ratio=5", "embedding.cafe.threshold=3", "embedding.cafe.update_every=2"]),
+    # two hash levels: a promoted id's hot row starts as the SUM of its two hash rows
+    "cafe_levels2": ("cafe", ["compression.ratio=5", "embedding.cafe.threshold=3", "embedding.cafe.levels=2"]),
     "robe": ("robe", ["compression.ratio=8"]),  # Z = 8: pooled lookups per (feature, chunk)
     "robe_z1": ("robe", ["compression.ratio=8", "embedding.robe.block=1"]),  # packed rows of 4: unpooled + scale_pool
     "robe_groups": ("robe", ["compression.ratio=8", "embedding.robe.group_by=feature"]),  # one array per feature
@@ -321,9 +323,11 @@ def test_every_method_row_wise_on_3_and_4_ranks(all_multihot_data: Path, tmp_pat
 @pytest.mark.distributed
 def test_cafe_on_one_rank(all_multihot_data: Path, tmp_path: Path):
     """DMP over ONE rank: the sketch skips its exchanges and reductions (sharding/cafe.py,
-    ``world == 1``) and must still train, promote and migrate exactly as one process."""
+    ``world == 1``: no exchanges or reductions, promoted rows read straight from the local
+    hash tables) and must still train, promote and migrate exactly as one process."""
     out = tmp_path / "result.pt"
-    runs = [("cafe", "row_wise"), ("cafe_grad_norm", "table_wise"), ("cafe_update2", "row_wise")]
+    runs = [("cafe", "row_wise"), ("cafe_grad_norm", "table_wise"), ("cafe_update2", "row_wise"),
+            ("cafe_levels2", "table_wise")]
     spawn(_ranks, 1, str(all_multihot_data), runs, str(out))
     results = torch.load(out, weights_only=False)
     assert list(results) == runs
