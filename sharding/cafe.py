@@ -193,34 +193,34 @@ class ShardedCafeSketch:
         return self._lookup({hot_key: (slots, lengths)}, p)[hot_key][: slots.numel()]
 
     def _migrate(self, keys: torch.Tensor, local_slots: torch.Tensor) -> None:
-        """Hot rows <- the promoted ids' current hash embeddings, via one collective lookup."""
+        """Hot rows <- the promoted ids' current hash embeddings (the sum over levels of their
+        hash rows): one collective lookup, or on one rank a direct read of the local tables."""
         m = self.module
         p = self.sync.max(keys.numel())
         if p == 0:
             return
         feature = torch.searchsorted(m._starts_t, keys, right=True) - 1
-        if self.hash_weights is not None:  # the rows the collective lookup below would pool, read here
-            values = self.hot_shard.new_zeros(keys.numel(), m.dim, dtype=torch.float32)
-            for i, f in enumerate(m.compressed):
-                mine = torch.nonzero(feature == i).squeeze(1)
-                local = keys[mine] - m.offsets[f.name]
-                rows = [self.hash_weights[hash_table(f.name, l)][m.hash_rows(f.name, local, l)].float()
-                        for l in range(m.cfg.levels)]
-                values[mine] = sum(rows[1:], rows[0])
-            self.hot_shard[local_slots] = values.to(self.hot_shard.dtype)
-            return
-        bags: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+        groups = []  # per compressed feature: its promoted ids' positions, their rows per level
         for i, f in enumerate(m.compressed):
             mine = torch.nonzero(feature == i).squeeze(1)
-            lengths = torch.zeros(p, dtype=torch.int32, device=self.device)
-            lengths[mine] = 1  # bag j of key f__h{l}: promoted id j if it belongs to f
             local = keys[mine] - m.offsets[f.name]
-            for level in range(m.cfg.levels):
-                bags[f"{f.name}__h{level}"] = (m.hash_rows(f.name, local, level), lengths)
-        pooled = self._lookup(bags, p)
-        values = sum(pooled[f"{f.name}__h{l}"] for f in m.compressed for l in range(m.cfg.levels))
+            groups.append((f, mine, [m.hash_rows(f.name, local, l) for l in range(m.cfg.levels)]))
+        if self.hash_weights is not None:  # the rows the collective lookup below would pool, read here
+            values = self.hot_shard.new_zeros(keys.numel(), m.dim, dtype=torch.float32)
+            for f, mine, rows in groups:
+                parts = [self.hash_weights[hash_table(f.name, l)][r].float() for l, r in enumerate(rows)]
+                values[mine] = sum(parts[1:], parts[0])
+        else:
+            bags: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+            for f, mine, rows in groups:
+                lengths = torch.zeros(p, dtype=torch.int32, device=self.device)
+                lengths[mine] = 1  # bag j of key f__h{l}: promoted id j if it belongs to f
+                for l, r in enumerate(rows):
+                    bags[f"{f.name}__h{l}"] = (r, lengths)
+            pooled = self._lookup(bags, p)
+            values = sum(pooled[f"{f.name}__h{l}"] for f in m.compressed for l in range(m.cfg.levels))[: keys.numel()]
         if keys.numel():
-            self.hot_shard[local_slots] = values[: keys.numel()].to(self.hot_shard.dtype)
+            self.hot_shard[local_slots] = values.to(self.hot_shard.dtype)
 
     # ------------------------------------------------------------------------ checkpoint
     def _metadata(self, name: str, t: torch.Tensor) -> ShardedTensorMetadata:
