@@ -31,7 +31,7 @@ demo: venv
 	$(VENV)/bin/compactrec sweep configs/demo.yaml
 
 test: venv
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra --durations=15 tests
 
 test-fast: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra tests -m "not distributed"

@@ -90,18 +90,20 @@ def test_concurrent_trials_follow_the_cluster():
 @pytest.mark.distributed
 @pytest.mark.timeout(600)
 def test_sweep_on_ray_tune(tiny_data: Path, tmp_path: Path):
-    """Two points as Tune trials on a local Ray cluster, each a 1-worker Ray Train run."""
+    """On a local Ray cluster: a reachable point runs as a Tune trial (a 1-worker Ray Train
+    run), an unreachable one is listed and never becomes a trial. One trial only: each costs
+    ~20 s here, and several points in one sweep are covered by the local sweep test above."""
     code = main([
         "sweep", str(REPO / "configs" / "methods" / "hash.yaml"), f"data.path={tiny_data}",
         f"runs_dir={tmp_path}", "name=tune", "cluster.num_workers=1", *TINY,
-        "sweep={embedding.kind: [hash, qr], compression.ratio: [4, 64]}",
+        "sweep={embedding.kind: [hash, qr], compression.ratio: [64]}",
     ])
     assert code == 0
     out = tmp_path / "tune" / "latest"
     done = _rows(out)
     assert done[("qr", "64")]["status"] == "unreachable"
-    assert {k for k, r in done.items() if r["status"] == "done"} == {("hash", "4"), ("hash", "64"), ("qr", "4")}
+    assert {k for k, r in done.items() if r["status"] == "done"} == {("hash", "64")}
     assert (out / "tune").is_dir()  # Tune's own experiment state, beside the table
     launch = out.resolve().name
-    ray_state = tmp_path / "tune" / "kind=hash,ratio=4" / launch / "ray"
+    ray_state = tmp_path / "tune" / "kind=hash,ratio=64" / launch / "ray"
     assert ray_state.is_dir() and not list(ray_state.rglob("checkpoint_*"))
