@@ -13,7 +13,11 @@ Protocol (printed into the Markdown as well):
   Adagrad for the MLPs), one process, DMP over a world of 1, each method's DEFAULT knobs.
 - Tuning, once per set, full table only, seed 0, on the VALIDATION split: a grid of sparse x
   dense learning rates, each trained up to ``--max-epochs`` epochs; the best (lr, lr) by
-  validation AUC is used for EVERY method (``--tuning FILE`` reuses an earlier run's choice).
+  validation AUC is kept for the full table and every MLP (``--tuning FILE`` reuses an earlier
+  run's choice). Then each compressed method's sparse lr, per ratio, the same way (seed 0,
+  validation) from the full table's rate x ``METHOD_SPARSE_LR_STEPS`` (``tune_method``); that
+  row's ablations and fp16 variant keep it (``--no-method-tuning``: every row at the full
+  table's rates, the protocol before session 8).
 - Early stopping: every run trains up to ``--max-epochs`` epochs, scores val and test after
   each, and reports test at its best VALIDATION AUC epoch (test never chooses anything).
 - Metrics on TEST: AUC, logloss, NE; ``auc_warm`` over the "warm" rows (every id of the row
@@ -22,7 +26,8 @@ Protocol (printed into the Markdown as well):
 - Rows: full; hash, qr, memcom, mixed_dim, cafe, robe at each ratio; fp16 variants
   (``embedding.precision=fp16``, same bytes) of the ``--fp16-best`` methods with the best mean
   validation AUC at each ratio; ablations (``ABLATIONS``: one
-  knob changed against the method's default, at 10x, and "cold -> 0" diagnosis rows); seeds
+  knob changed against the method's default, at 10x; ``--zero-cold`` adds the "cold -> 0"
+  diagnosis to every row); seeds
   0, 1, 2 (weights, shuffle, hash seeds): mean ± sample std. A ratio a method cannot build is "unreachable (max Nx)" from its
   ``BudgetError``.
 - Baselines: a constant predictor (the test split's own positive rate: the best constant, its
@@ -80,6 +85,10 @@ METHODS = ("hash", "qr", "memcom", "mixed_dim", "cafe", "robe")
 SPARSE_LRS = (0.003, 0.01, 0.03, 0.1)
 DENSE_LRS = (0.003, 0.01, 0.03, 0.1)
 LOGREG_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
+# Each compressed method's sparse lr, chosen on validation per (method, ratio): the full table's
+# tuned rate and two above it. Shared rows take the updates of many ids, so under rowwise
+# Adagrad their accumulators grow faster and the same lr moves them less (docs/quality.md).
+METHOD_SPARSE_LR_STEPS = (1.0, 10 / 3, 10.0)  # x the full table's sparse lr, to 1 digit: 0.03 -> 0.03, 0.1, 0.3
 METRICS = ("auc", "logloss", "ne", "auc_warm", "warm_share", "ndcg@10", "hr@10")
 
 
@@ -115,19 +124,20 @@ def _ablation(method: str, name: str, what: str, zero_cold: bool = False, **over
 
 
 # Each changes ONE thing against the method's default, at 10x (docs/quality.md says why). The
-# "cold -> 0" rows are a diagnosis, not a config: at eval, ids train never saw embed to 0.
+# "cold -> 0" diagnosis rows left the list in session 8: with reserve_unseen on by default
+# they equalled the default rows exactly (``--zero-cold`` still runs that diagnosis).
 ABLATIONS: List[Point] = [
     _ablation("hash", "small fields whole", "features with <= 250 ids keep full tables (default 24)",
               embedding__small_field_rows=250),
     _ablation("hash", "no reserve", "new ids read their hashed row (default: a reserved zero row)",
               embedding__hash__reserve_unseen=False),
-    _ablation("hash", "cold -> 0", "diagnosis: new ids embed to 0 at eval", zero_cold=True),
     _ablation("qr", "no scatter", "W_q rows hold m ids adjacent in id order (default: scattered)",
               embedding__qr__scatter=False),
     _ablation("qr", "add", "e = W_q[q] + W_r[r] (default: mult)", embedding__qr__operation="add"),
+    _ablation("qr", "concat", "e = [W_q[q], W_r[r]], each d/2 wide: twice the rows (default: mult)",
+              embedding__qr__operation="concat"),
     _ablation("qr", "no reserve", "new ids read their trained W_q and W_r rows (default: a reserved zero W_q row)",
               embedding__qr__reserve_unseen=False),
-    _ablation("qr", "cold -> 0", "diagnosis: new ids embed to 0 at eval", zero_cold=True),
     _ablation("memcom", "scale 1", "w starts at 1, a plain hashed table (default: 0)",
               embedding__memcom__scale_init=1.0),
     _ablation("memcom", "bias", "+ a per-entity scalar bias b[i] (default: none)", embedding__memcom__bias=True),
@@ -137,9 +147,15 @@ ABLATIONS: List[Point] = [
     _ablation("cafe", "threshold 5", "an id turns hot at importance 5 (default 20)", embedding__cafe__threshold=5.0),
     _ablation("cafe", "threshold 100", "an id turns hot at importance 100 (default 20)",
               embedding__cafe__threshold=100.0),
+    _ablation("cafe", "small fields whole", "features with <= 250 ids keep full tables (default 24)",
+              embedding__small_field_rows=250),
+    _ablation("cafe", "slots 2", "2 slots per sketch bucket: a hot row costs less sketch (default 4)",
+              embedding__cafe__slots=2),
+    _ablation("cafe", "levels 2", "a non-hot id sums 2 hash rows, half the rows each (default: 1 level)",
+              embedding__cafe__levels=2),
+    _ablation("cafe", "count", "importance = occurrences (default: gradient norm)", embedding__cafe__importance="count"),
     _ablation("cafe", "no reserve", "new non-hot ids read their hash rows (default: reserved zero hash rows)",
               embedding__cafe__reserve_unseen=False),
-    _ablation("cafe", "cold -> 0", "diagnosis: new ids embed to 0 at eval", zero_cold=True),
     _ablation("robe", "no reserve", "new ids read their hashed chunks (default: a reserved zero chunk row)",
               embedding__robe__reserve_unseen=False),
 ]
@@ -373,6 +389,22 @@ def tune(base: RunConfig, manifest: Manifest, env: DistEnv, cands: Dict[str, Opt
             "logreg": max(lr_grid, key=lambda g: g["auc"]), "logreg_grid": lr_grid}
 
 
+def tune_method(cfg: RunConfig, manifest: Manifest, env: DistEnv, full_lr: float,
+                log: Callable[[str], None], name: str) -> Dict[str, Any]:
+    """One compressed row's sparse lr on the VALIDATION split, seed 0, the dense lr kept:
+    ``{"sparse_lr": best, "lr_grid": [...]}`` over ``METHOD_SPARSE_LR_STEPS`` x the full
+    table's rate, best by validation AUC at the best epoch. Raises ``BudgetError`` when the
+    row cannot be built."""
+    grid = []
+    for step in METHOD_SPARSE_LR_STEPS:
+        lr = float(f"{full_lr * step:.1g}")
+        history = train_dlrm(run_config(seeded(cfg, 0), **{"optim.sparse_lr": lr}), manifest, env, {"val": None})["history"]
+        best = best_epoch(history)
+        grid.append({"sparse_lr": lr, "epoch": best["epoch"], **_pick(best["val"])})
+        log(f"tune {name} sparse_lr={lr}: best epoch {best['epoch']} val {_brief(best['val'])}")
+    return {"sparse_lr": max(grid, key=lambda g: g["auc"])["sparse_lr"], "lr_grid": grid}
+
+
 # ---------------------------------------------------------------------------- rows
 
 
@@ -459,12 +491,36 @@ def run_dataset(ds: DataSet, args: argparse.Namespace, env: DistEnv, previous: D
                                     *args.set])
     points: Dict[str, Any] = result.setdefault("points", {})
 
+    tune_methods = not args.no_method_tuning and not any(s.startswith("optim.sparse_lr=") for s in args.set)
+
+    lrs: Dict[str, Dict[str, Any]] = {}  # (method, ratio) row -> its tuned sparse lr (and grid)
+
+    def method_lr(p: Point) -> Dict[str, Any]:
+        """The sparse lr of ``p``'s (method, ratio), tuned once on validation and written into
+        that default row (ablations and fp16 variants then change one knob at the same lr);
+        {} when tuning is off or the row cannot be built."""
+        base = f"{p.method}@{p.ratio:g}x"
+        if not tune_methods or p.method == "full":
+            return {}
+        if "sparse_lr" in points.get(base, {}):
+            return {"sparse_lr": points[base]["sparse_lr"]}
+        if base not in lrs:
+            cfg = run_config(tuned, **{"embedding.kind": p.method, "compression.ratio": p.ratio})
+            try:
+                lrs[base] = tune_method(cfg, manifest, env, f["sparse_lr"], log, base)
+            except BudgetError:
+                lrs[base] = {}
+        return lrs[base] if p.name == base else {k: v for k, v in lrs[base].items() if k == "sparse_lr"}
+
     def run_points(todo: List[Point]) -> None:
         for p in todo:
             if (args.points and p.name not in args.points) or (args.resume and p.name in points):
                 continue
-            cfg = run_config(tuned, **{"embedding.kind": p.method, "compression.ratio": p.ratio, **p.overrides})
-            row = {"method": p.method, "target": p.ratio, "ablation": p.ablation, "overrides": p.overrides,
+            lr = method_lr(p)
+            overrides = {"optim.sparse_lr": lr["sparse_lr"]} if lr else {}
+            cfg = run_config(tuned, **{"embedding.kind": p.method, "compression.ratio": p.ratio, **overrides,
+                                       **p.overrides})
+            row = {"method": p.method, "target": p.ratio, "ablation": p.ablation, "overrides": p.overrides, **lr,
                    **run_point(cfg, manifest, env, args.seeds, cands, p.zero_cold or args.zero_cold)}
             if "runs" in row:
                 row["summary"] = summarize(row["runs"])
@@ -515,6 +571,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--no-ranking", action="store_true", help="skip nDCG / HR (faster diagnosis runs)")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides for every run (diagnosis)")
     ap.add_argument("--zero-cold", action="store_true", help="diagnosis: every row with zero_cold (see zero_cold_hook)")
+    ap.add_argument("--no-method-tuning", action="store_true",
+                    help="every method at the full table's tuned lr (default: each row's sparse lr on validation)")
     ap.add_argument("--tuning", default=None, help="reuse the learning rates chosen in this real_data.json")
     ap.add_argument("--resume", action="store_true", help="keep rows already in OUT/real_data.json")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))

@@ -48,11 +48,11 @@ def dataset_table(ds: Dict[str, Any]) -> str:
     full_auc = points["full"]["summary"]["auc"][0]
     cols = ["row", "method", "ratio asked", "ratio built", "AUC", "rel. AUC loss", "AUC warm rows", "logloss", "NE"]
     cols += ["nDCG@10"] if ranking else []
-    cols += ["epochs", "meets goal", "what the row changes"]
+    cols += ["sparse lr", "epochs", "meets goal", "what the row changes"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines.append(f"| constant | test positive rate {const['test_rate']:.3f} | - | - | 0.5000 | - | 0.5000 "
                  f"| {const['logloss_best']:.4f} | 1.0000 |" + (" - |" if ranking else "")
-                 + f" - | - | train rate {const['train_rate']:.3f} gives logloss {const['logloss_train_rate']:.4f} |")
+                 + f" - | - | - | train rate {const['train_rate']:.3f} gives logloss {const['logloss_train_rate']:.4f} |")
     for key in _order(points):
         p = points[key]
         tgt = "-" if p.get("target") is None else f"{p['target']:g}x"
@@ -68,7 +68,8 @@ def dataset_table(ds: Dict[str, Any]) -> str:
         row = [key, p["method"], tgt, ratio, _pm(s["auc"]), loss, _pm(s.get("auc_warm")), _pm(s["logloss"]),
                _pm(s.get("ne"), 3)]
         row += [_pm(s.get("ndcg@10"))] if ranking else []
-        row += [epochs, verdict(p, full_auc, const["logloss_best"]), p.get("ablation", "")]
+        lr = p.get("sparse_lr", ds["tuning"]["full"]["sparse_lr"])
+        row += [f"{lr:g}", epochs, verdict(p, full_auc, const["logloss_best"]), p.get("ablation", "")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -90,10 +91,20 @@ def protocol_text(results: Dict[str, Any], ds: Dict[str, Any]) -> str:
     f, lg = t["full"], t["logreg"]
     return (f"`{ds['config']}`, embedding dim {ds['dim']}, rows {ds['rows']}. Learning rates tuned once on the "
             f"validation split for the full table: sparse {f['sparse_lr']}, dense {f['dense_lr']} (val AUC "
-            f"{f['auc']:.4f} at epoch {f['epoch']}), used for every row; logistic regression lr {lg['lr']}. Up to "
+            f"{f['auc']:.4f} at epoch {f['epoch']}); logistic regression lr {lg['lr']}. " + _method_lr_text(ds) + " Up to "
             f"{results['max_epochs']} epochs, test reported at the best-validation-AUC epoch ('epochs'). Seeds "
             f"{results['seeds']}: mean ± sample std. NE = logloss / logloss of the constant (test rate): above 1 "
             f"is worse than a constant.")
+
+
+def _method_lr_text(ds: Dict[str, Any]) -> str:
+    tuned = [p for p in ds["points"].values() if p.get("lr_grid")]
+    if not tuned:
+        return "Every row at the full table's rates."
+    lrs = sorted({g["sparse_lr"] for p in tuned for g in p["lr_grid"]})
+    return (f"Each compressed method's sparse lr chosen the same way per ratio (seed 0, validation, from "
+            f"{', '.join(f'{x:g}' for x in lrs)}; dense lr kept), on its default row; that row's ablations and "
+            f"fp16 variant use it ('sparse lr'); rows without a choice use the full table's.")
 
 
 def markdown(results: Dict[str, Any]) -> str:
