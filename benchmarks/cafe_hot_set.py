@@ -58,11 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         names = [f.name for f in cafe.compressed]
         before = torch.empty(0, dtype=torch.int64)
         for epoch in range(cfg.trainer.epochs):
-            for batch in reader.epoch(epoch):
-                loss, _ = engine.forward(batch.to(env.device))
-                engine.zero_grad()
-                engine.backward(loss)
-                engine.step()
+            rd.train_epoch(engine, reader, epoch, env.device)
             cafe.flush()
             keys, _ = cafe.sketch.hot_keys()
             feature = torch.searchsorted(torch.tensor(cafe._starts), keys, right=True) - 1

@@ -269,6 +269,15 @@ def zero_cold_hook(seen: Dict[str, torch.Tensor]) -> Callable:
     return hook
 
 
+def train_epoch(engine: Any, reader: Any, epoch: int, device: torch.device) -> None:
+    """One pass of ``reader``'s epoch ``epoch`` through the dense engine's train step."""
+    for batch in reader.epoch(epoch):
+        loss, _ = engine.forward(batch.to(device))
+        engine.zero_grad()
+        engine.backward(loss)
+        engine.step()
+
+
 def train_dlrm(cfg: RunConfig, manifest: Manifest, env: DistEnv, cands: Dict[str, Optional[Candidates]],
                zero_cold: bool = False) -> Dict[str, Any]:
     """The steps of ``trainer.loop.train`` (same builders, readers, sharding, dense engine),
@@ -283,11 +292,7 @@ def train_dlrm(cfg: RunConfig, manifest: Manifest, env: DistEnv, cands: Dict[str
     evaluate_on = make_evaluator(cfg, manifest, env, cands)
     history, t0 = [], time.perf_counter()
     for epoch in range(cfg.trainer.epochs):
-        for batch in train_reader.epoch(epoch):
-            loss, _ = engine.forward(batch.to(env.device))
-            engine.zero_grad()
-            engine.backward(loss)
-            engine.step()
+        train_epoch(engine, train_reader, epoch, env.device)
         score = dlrm_scorer(engine.forward, env.device)
         history.append({"epoch": epoch + 1, **{s: evaluate_on(s, model, score) for s in cands}})
     return {**sizes, "history": history, "seconds": time.perf_counter() - t0}
