@@ -504,9 +504,9 @@ def run_dataset(ds: DataSet, args: argparse.Namespace, env: DistEnv, previous: D
         """The sparse lr of ``p``'s (method, ratio), tuned once on validation and written into
         that default row (ablations and fp16 variants then change one knob at the same lr);
         {} when tuning is off or the row cannot be built."""
-        base = f"{p.method}@{p.ratio:g}x"
         if not tune_methods or p.method == "full":
             return {}
+        base = f"{p.method}@{p.ratio:g}x"
         if "sparse_lr" in points.get(base, {}):
             return {"sparse_lr": points[base]["sparse_lr"]}
         if base not in lrs:
