@@ -68,7 +68,8 @@ def dataset_table(ds: Dict[str, Any]) -> str:
         row = [key, p["method"], tgt, ratio, _pm(s["auc"]), loss, _pm(s.get("auc_warm")), _pm(s["logloss"]),
                _pm(s.get("ne"), 3)]
         row += [_pm(s.get("ndcg@10"))] if ranking else []
-        lr = p.get("sparse_lr", ds["tuning"]["full"]["sparse_lr"])
+        # the logistic regression has one lr of its own; the other rows' sparse lr defaults to the full table's
+        lr = ds["tuning"]["logreg"]["lr"] if key == "logreg" else p.get("sparse_lr", ds["tuning"]["full"]["sparse_lr"])
         row += [f"{lr:g}", epochs, verdict(p, full_auc, const["logloss_best"]), p.get("ablation", "")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
