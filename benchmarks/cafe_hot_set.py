@@ -56,12 +56,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         reader = rd.make_readers(cfg, manifest, env)[0]
         cafe = rd.embedding_module(model)
         names = [f.name for f in cafe.compressed]
+        starts = torch.tensor([cafe.offsets[n] for n in names])  # each feature's first key in the sketch
         before = torch.empty(0, dtype=torch.int64)
         for epoch in range(cfg.trainer.epochs):
             rd.train_epoch(engine, reader, epoch, env.device)
             cafe.flush()
             keys, _ = cafe.sketch.hot_keys()
-            feature = torch.searchsorted(torch.tensor(cafe._starts), keys, right=True) - 1
+            feature = torch.searchsorted(starts, keys, right=True) - 1
             by = Counter(names[i] for i in feature.tolist())
             kept = int(torch.isin(keys, before).sum())
             before = keys.clone()
