@@ -299,6 +299,17 @@ class CafeEmbedding(CompressedEmbedding):
         """Local ids -> rows of ``cafe_hash_{feature}_{level}``."""
         return hash_mod(ids, self.plan.hash_rows[feature][level], seed=self.cfg.seed + 1 + level)
 
+    def key_hash_rows(self, keys: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Sketch keys (global ids, (n,) int64) -> (each key's compressed-feature index (n,),
+        per level its row in that feature's ``cafe_hash_{f}_{l}`` (n,)): ``hash_rows`` of every
+        feature at once, one ``hash_remap`` per level (the per-feature loop hashed 8 times
+        per level at every sketch update)."""
+        fidx = torch.searchsorted(self._starts_t, keys, right=True) - 1
+        local = keys - self._starts_t[fidx]
+        return fidx, [
+            hash_remap(local, self._hash_rows_t[l][fidx], seed=self.cfg.seed + 1 + l) for l in range(self.cfg.levels)
+        ]
+
     # -------------------------------------------------------------------------- forward
 
     def embed(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
@@ -418,16 +429,12 @@ class CafeEmbedding(CompressedEmbedding):
         and the hash rows keep theirs."""
         if keys.numel() == 0:
             return
-        feature = torch.searchsorted(torch.tensor(self._starts, device=keys.device), keys, right=True) - 1
+        feature, level_rows = self.key_hash_rows(keys)
         values = torch.empty((keys.numel(), self.dim), dtype=torch.float32, device=keys.device)
         for i, f in enumerate(self.compressed):
             mask = feature == i
             if bool(mask.any()):
-                local = keys[mask] - self.offsets[f.name]
-                rows = [
-                    self._read_rows(hash_table(f.name, l), self.hash_rows(f.name, local, l))
-                    for l in range(self.cfg.levels)
-                ]
+                rows = [self._read_rows(hash_table(f.name, l), r[mask]) for l, r in enumerate(level_rows)]
                 values[mask] = sum(rows[1:], rows[0]).to(values.dtype)
         self._write_rows(HOT_TABLE, slots, values)
 

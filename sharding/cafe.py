@@ -199,12 +199,11 @@ class ShardedCafeSketch:
         p = self.sync.max(keys.numel())
         if p == 0:
             return
-        feature = torch.searchsorted(m._starts_t, keys, right=True) - 1
+        feature, level_rows = m.key_hash_rows(keys)
         groups = []  # per compressed feature: its promoted ids' positions, their rows per level
         for i, f in enumerate(m.compressed):
             mine = torch.nonzero(feature == i).squeeze(1)
-            local = keys[mine] - m.offsets[f.name]
-            groups.append((f, mine, [m.hash_rows(f.name, local, l) for l in range(m.cfg.levels)]))
+            groups.append((f, mine, [r[mine] for r in level_rows]))
         if self.hash_weights is not None:  # the rows the collective lookup below would pool, read here
             values = self.hot_shard.new_zeros(keys.numel(), m.dim, dtype=torch.float32)
             for f, mine, rows in groups:

@@ -92,12 +92,12 @@ def embedding_tables(model: nn.Module) -> Dict[str, Tuple[int, List[str]]]:
 
 
 def table_constraints(
-    model: nn.Module, types: Sequence[str], per_table: Dict[str, List[str]]
+    model: nn.Module, types: Sequence[str], per_table: Dict[str, List[str]], world_size: int = 0
 ) -> Dict[str, ParameterConstraints]:
     """Every table gets the fused kernel and the requested sharding types that its module
     supports (unpooled collections have no table_row_wise); CAFE's hot table is kept whole
     per row so its sketch shard owns whole rows: row_wise over every rank, or table_wise
-    when ``per_table`` asks for it."""
+    when ``per_table`` asks for it or ``world_size`` is 1 (one rank holds it whole either way)."""
     from compactrec.embeddings.cafe import HOT_TABLE
     from compactrec.sharding.cafe import HOT_TABLE_TYPES
 
@@ -117,8 +117,11 @@ def table_constraints(
             supported = [t for t in supported if t in HOT_TABLE_TYPES]
             # row-wise by default: the hot rows and their sketch shard spread over every rank
             # (table-wise put 5.6M hot rows + sketch on one of 64 ranks: 3.24 GB vs 0.28 GB
-            # mean, and every query through that rank); table-wise only when asked by name
-            requested = [t for t in per_table.get(name, ["row_wise"]) if t in supported] or ["row_wise"]
+            # mean, and every query through that rank); table-wise only when asked by name, or
+            # on one rank: there row_wise bought nothing and cost the hot table a TBE, an input
+            # dist and a bucketize of its own (docs/speed.md, session 9)
+            default = ["table_wise"] if world_size == 1 else ["row_wise"]
+            requested = [t for t in per_table.get(name, default) if t in supported] or default
         allowed = [t for t in requested if t in supported]
         if not allowed:
             raise ValueError(
@@ -204,7 +207,7 @@ def plan_model(
         local_world_size = local_world_size_of_job(world_size)
     batch = batch_size or BATCH_SIZE
     topology = make_topology(world_size, device_type, local_world_size, hbm_bytes=hbm_bytes)
-    constraints = table_constraints(model, types, per_table)
+    constraints = table_constraints(model, types, per_table, world_size)
     if world_size == 1:
         _prefer_table_wise(constraints)
     per_row, replicated = method_state(model)

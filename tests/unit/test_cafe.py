@@ -125,6 +125,26 @@ def test_cold_ids_use_hash_rows(levels):
     torch.testing.assert_close(out["s"], weight(m, "t_s")[[bag[0] for bag in bags["s"]]])
 
 
+@pytest.mark.parametrize("levels", [1, 2])
+def test_key_hash_rows_equals_per_feature_hash_rows(levels):
+    """The one-call hashing of the migration (every feature at once) = each feature's own."""
+    m, _ = make_cafe(hot_rows=8, levels=levels, seed=3)
+    feats, keys = [], []
+    for f, n in BIG.items():
+        ids = torch.arange(n, dtype=torch.int64)
+        feats.append((f, ids))
+        keys.append(m.global_ids(f, ids))
+    fidx, rows = m.key_hash_rows(torch.cat(keys))
+    assert len(rows) == levels
+    start = 0
+    for i, (f, ids) in enumerate(feats):
+        part = slice(start, start + ids.numel())
+        assert (fidx[part] == i).all()
+        for l in range(levels):
+            assert torch.equal(rows[l][part], m.hash_rows(f, ids, l))
+        start += ids.numel()
+
+
 def used_rows(m, bags) -> Dict[str, set]:
     used: Dict[str, set] = {name: set() for name in m.ebc.embedding_bags}
     used["t_s"] |= {i for bag in bags["s"] for i in bag}

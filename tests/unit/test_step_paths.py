@@ -105,3 +105,24 @@ def test_one_rank_plans_table_wise_unless_only_row_wise_is_asked():
     assert _types(both) == {"table_wise"}
     rw = plan_model(model, 1, "cpu", ["row_wise"], {}, default_sharders(), collective=False)
     assert _types(rw) == {"row_wise"}
+
+
+def test_cafe_hot_table_is_table_wise_on_one_rank_and_row_wise_on_several():
+    """One rank: the hot table joins the other tables' TBE (row_wise gave it a TBE, input
+    dist and bucketize of its own); several ranks: row_wise, its sketch spread over all."""
+    from compactrec.embeddings.cafe import HOT_TABLE
+    from compactrec.sharding.planner import table_constraints
+
+    class _Cafe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ebc = EmbeddingBagCollection(tables=[
+                EmbeddingBagConfig(name=n, embedding_dim=8, num_embeddings=100, feature_names=[f"{n}_f"])
+                for n in (HOT_TABLE, "cafe_hash_a_0")
+            ], device=torch.device("meta"))
+
+    for types in (["row_wise"], ["table_wise", "row_wise"]):
+        assert table_constraints(_Cafe(), types, {}, world_size=1)[HOT_TABLE].sharding_types == ["table_wise"]
+        assert table_constraints(_Cafe(), types, {}, world_size=2)[HOT_TABLE].sharding_types == ["row_wise"]
+    asked = table_constraints(_Cafe(), ["table_wise"], {HOT_TABLE: ["row_wise"]}, world_size=1)
+    assert asked[HOT_TABLE].sharding_types == ["row_wise"]  # asked by name: kept
