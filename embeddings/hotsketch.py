@@ -69,7 +69,7 @@ class RoundSync(Protocol):
 
     def max(self, value: int) -> int: ...
 
-    def sum(self, value: torch.Tensor) -> torch.Tensor: ...
+    def sum(self, value: torch.Tensor) -> torch.Tensor: ...  # elementwise over the shards, float64, same shape
 
 
 def rebuild_free(module: "HotSketch") -> None:
@@ -170,28 +170,26 @@ class HotSketch(nn.Module):
         events: Events = []
         rounds = self._rounds(keys, scores) if keys.numel() else []
         n = len(rounds) if sync is None else sync.max(len(rounds))
-        # Host copies of two scalars, read once per batch instead of once per round (each
-        # read is a device sync on GPU and a Python round trip on CPU); float64 additions on
-        # the host round exactly as on the buffer. Written back before returning.
+        # Every round's inserted importance, summed over the shards in ONE reduction for the
+        # whole batch (not one per round), then the decay decisions taken on the host from the
+        # running sum: float64 additions on the host round exactly as on the buffer, and every
+        # shard sees the same totals. Reading ``inserted`` once per batch, not once per round,
+        # also saves a device sync per round on GPU. Written back before returning.
         free = int(self.free_count)
-        if sync is None and rounds:
-            totals = torch.stack([v.sum(dtype=torch.float64) for _, _, v in rounds]).tolist()
+        if n:
+            local = torch.zeros(n, dtype=torch.float64, device=keys.device)
+            if rounds:
+                local[: len(rounds)] = torch.stack([v.sum(dtype=torch.float64) for _, _, v in rounds])
+            totals = (local if sync is None else sync.sum(local)).tolist()
             inserted = float(self.inserted)
         for r in range(n):
             if r < len(rounds):
                 free = self._insert_round(*rounds[r], events, free)
-            if sync is None:
-                inserted += totals[r]
-                decay = inserted > self.decay_after
-                if decay:
-                    inserted = 0.0
-            else:
-                total = rounds[r][2].sum(dtype=torch.float64) if r < len(rounds) else torch.zeros((), dtype=torch.float64)
-                self.inserted += sync.sum(total)
-                decay = float(self.inserted) > self.decay_after
-            if decay:
+            inserted += totals[r]
+            if inserted > self.decay_after:
+                inserted = 0.0
                 free = self._decay(events, free)
-        if sync is None and rounds:
+        if n:
             self.inserted.fill_(inserted)
         return self._net_changes(events)
 

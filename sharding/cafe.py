@@ -58,11 +58,11 @@ class _PGSync:
         return int(t)
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
-        if self.alone:
-            return value.detach().to(torch.float64).reshape(())
-        t = value.detach().to(torch.float64).reshape(1).clone()
-        dist.all_reduce(t, group=self.pg)
-        return t[0]
+        """Elementwise sum over the shards (float64, same shape): one all_reduce per call."""
+        t = value.detach().to(torch.float64).clone()
+        if not self.alone:
+            dist.all_reduce(t, group=self.pg)
+        return t
 
 
 def _exchange(values: torch.Tensor, dest: torch.Tensor, world: int, pg) -> Tuple[torch.Tensor, torch.Tensor, List[int], List[int]]:

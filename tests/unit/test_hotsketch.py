@@ -104,3 +104,64 @@ def test_aggregation_and_space_saving():
 
 def test_state_bytes_match_buffers():
     assert module_bytes(HotSketch(37, 11, 1.0, slots=3)) == HotSketch.state_bytes(37, 11, 3)
+
+
+class _Group:
+    """Two sketch shards in two threads: each reduction waits for both, like a collective."""
+
+    def __init__(self, n: int) -> None:
+        import threading
+
+        self.barrier, self.vals, self.sums = threading.Barrier(n), [None] * n, [0] * n
+
+    def reduce(self, rank: int, value, op):
+        self.vals[rank] = value
+        self.barrier.wait()
+        out = op(list(self.vals))
+        self.barrier.wait()
+        return out
+
+
+class _ShardSync:
+    def __init__(self, group: _Group, rank: int) -> None:
+        self.group, self.rank = group, rank
+
+    def max(self, value: int) -> int:
+        return self.group.reduce(self.rank, value, max)
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        self.group.sums[self.rank] += 1
+        return self.group.reduce(self.rank, value.double(), lambda vs: vs[0] + vs[1])
+
+
+def test_two_shards_match_one_sketch_with_one_sum_per_batch():
+    """Buckets split over 2 shards (sharding/cafe.py's layout), each inserting the keys of its
+    buckets, in lockstep rounds: the same keys and scores in every bucket, the same hot set and
+    the same decays as one sketch, with ONE score reduction per batch (not one per round)."""
+    import threading
+
+    from compactrec.hashing import hash_mod
+
+    buckets, split, hot_slots, threshold = 48, 20, 48 * 4, 5.0  # slots never run out: same hot set
+    one = HotSketch(buckets, hot_slots, threshold, decay=0.9, seed=2)
+    shards = [HotSketch(split, hot_slots, threshold, decay=0.9, seed=2, total_buckets=buckets),
+              HotSketch(buckets - split, hot_slots, threshold, decay=0.9, seed=2, total_buckets=buckets, bucket_offset=split)]
+    group = _Group(2)
+    batches = list(zipf_batches(seed=5, batches=10, size=400, keys=500))
+    for keys, scores in batches:
+        k, s = torch.from_numpy(keys), torch.from_numpy(scores)
+        one.insert(k, s)
+        mine = hash_mod(k, buckets, 2) >= split
+        parts = [(k[~mine], s[~mine]), (k[mine], s[mine])]
+        threads = [threading.Thread(target=shards[r].insert, args=(*parts[r], _ShardSync(group, r))) for r in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert group.sums == [len(batches)] * 2  # one reduction per batch on each shard
+    assert torch.equal(torch.cat([sh.keys for sh in shards]), one.keys)
+    assert torch.equal(torch.cat([sh.scores for sh in shards]), one.scores)
+    hot = lambda sk: set(sk.owner[sk.owner >= 0].tolist())  # noqa: E731
+    assert hot(shards[0]) | hot(shards[1]) == hot(one) and len(hot(one)) > 0
+    assert float(shards[0].inserted) == float(shards[1].inserted) == pytest.approx(float(one.inserted))
+    assert one.decay_after < sum(float(s.sum()) for _, s in batches)  # decays happened
