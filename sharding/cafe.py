@@ -11,10 +11,12 @@ sketch agree across ranks, as TorchRec's managed-collision modules do for their 
 - insert: (id, importance) pairs go to the owners; importance is normalised by the GLOBAL
   mean; the shards run the same number of rounds and decay on the summed score, so together
   they behave like one sketch fed the global batch (each shard hands out its own slots only);
-- migration: a promoted id's current hash embedding is looked up through the sharded EBC
-  itself (a collective, no-grad lookup of one-id bags) and written into the owner's rows; on
-  one rank, where every hash table is whole, its rows are read from the tables directly
-  (the same sum, no lookup: CAFE's step at batch 128 took 0.82x its time);
+- migration: a promoted id's current hash embedding (the sum over levels of its hash rows) is
+  read from the ranks holding those rows (``HashRowReader``: the row requests go to the
+  shards' owners in one exchange, each owner reads its local shard, the pieces come back and
+  are summed) and written into the owner's hot row. On one rank nothing is exchanged. An
+  earlier version ran a whole no-grad lookup through the sharded EBC instead (input dist,
+  every table's TBE, output dist): on 2 ranks at batch 128 that was a third of CAFE's step;
 - checkpoint: the shard's buffers appear in ``state_dict`` as ``ShardedTensor`` s over
   buckets / slots, so torch.distributed.checkpoint saves and reshards them with the tables.
 
@@ -110,8 +112,7 @@ class ShardedCafeSketch:
         )
         self.hot_shard = hot_shard  # (s1 - s0, dim) view of this rank's rows of cafe_hot
         self.sync = _PGSync(pg, self.device)
-        # one rank with every hash table whole here: migration reads their rows directly
-        self.hash_weights = _whole_hash_tables(module) if self.world == 1 else None
+        self.hash_rows = HashRowReader(module, module.ebc.state_dict(), self.rank, pg)
 
     def owner_of(self, keys: torch.Tensor) -> torch.Tensor:
         bucket = hash_mod(keys, self.total_buckets, self.module.cfg.seed)
@@ -194,30 +195,10 @@ class ShardedCafeSketch:
 
     def _migrate(self, keys: torch.Tensor, local_slots: torch.Tensor) -> None:
         """Hot rows <- the promoted ids' current hash embeddings (the sum over levels of their
-        hash rows): one collective lookup, or on one rank a direct read of the local tables."""
-        m = self.module
-        p = self.sync.max(keys.numel())
-        if p == 0:
+        hash rows), read from whichever ranks hold those rows. Collective."""
+        if self.sync.max(keys.numel()) == 0:
             return
-        feature, level_rows = m.key_hash_rows(keys)
-        groups = []  # per compressed feature: its promoted ids' positions, their rows per level
-        for i, f in enumerate(m.compressed):
-            mine = torch.nonzero(feature == i).squeeze(1)
-            groups.append((f, mine, [r[mine] for r in level_rows]))
-        if self.hash_weights is not None:  # the rows the collective lookup below would pool, read here
-            values = self.hot_shard.new_zeros(keys.numel(), m.dim, dtype=torch.float32)
-            for f, mine, rows in groups:
-                parts = [self.hash_weights[hash_table(f.name, l)][r].float() for l, r in enumerate(rows)]
-                values[mine] = sum(parts[1:], parts[0])
-        else:
-            bags: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
-            for f, mine, rows in groups:
-                lengths = torch.zeros(p, dtype=torch.int32, device=self.device)
-                lengths[mine] = 1  # bag j of key f__h{l}: promoted id j if it belongs to f
-                for l, r in enumerate(rows):
-                    bags[f"{f.name}__h{l}"] = (r, lengths)
-            pooled = self._lookup(bags, p)
-            values = sum(pooled[f"{f.name}__h{l}"] for f in m.compressed for l in range(m.cfg.levels))[: keys.numel()]
+        values = self.hash_rows.read(*self.module.key_hash_rows(keys))
         if keys.numel():
             self.hot_shard[local_slots] = values.to(self.hot_shard.dtype)
 
@@ -328,21 +309,76 @@ def attach_sharded_cafe(model: nn.Module, pg: Optional[dist.ProcessGroup] = None
     return count
 
 
-def _whole_hash_tables(module: CafeEmbedding) -> Optional[Dict[str, torch.Tensor]]:
-    """{hash table name: its weight (rows, dim)} when every hash table is whole on this rank
-    (views into the sharded EBC's storage, updated in place by the fused optimizer), else None."""
-    state = module.ebc.state_dict()
-    out: Dict[str, torch.Tensor] = {}
-    with warnings.catch_warnings():  # torch's ShardedTensor deprecation notice: TorchRec's state is one
-        warnings.simplefilter("ignore", FutureWarning)
-        for f in module.compressed:
-            for l in range(len(module.plan.hash_rows[f.name])):
-                st = state.get(f"embedding_bags.{hash_table(f.name, l)}.weight")
-                shards = st.local_shards() if isinstance(st, ShardedTensor) else []
-                if len(shards) != 1 or list(shards[0].tensor.shape) != list(st.size()):
-                    return None
-                out[hash_table(f.name, l)] = shards[0].tensor
-    return out
+class HashRowReader:
+    """Reads rows of CAFE's hash tables wherever DMP put them (any sharding type).
+
+    At attach, every shard of every hash table ``cafe_hash_{f}_{l}`` is listed from the
+    ShardedTensor metadata (the same list on every rank: table, rows [r0, r1), columns from
+    c0, owner rank), and this rank keeps views of its own shards (views into the TBE weights,
+    which the fused optimizer updates in place). ``read`` sends each (id, level) row request to
+    the shards that cover that row (one shard per row for table-/row-wise, one per column
+    block for column-wise), each owner copies its columns into a zero (n, dim) row, and the
+    pieces come back and are summed per id: over column blocks and levels in one index_add.
+    Collective: 3 ``all_to_all`` (none on one rank)."""
+
+    def __init__(self, module: CafeEmbedding, state: Dict[str, torch.Tensor], rank: int,
+                 pg: Optional[dist.ProcessGroup]) -> None:
+        """``state``: ``module.ebc.state_dict()`` (ShardedTensors after DMP)."""
+        self.pg, self.world, self.levels, self.dim = pg, dist.get_world_size(pg), module.cfg.levels, module.dim
+        device = module._starts_t.device
+        shards: List[List[int]] = []  # per shard: table index (feature-major, level-minor), r0, r1, c0, c1, owner
+        self.local: Dict[int, torch.Tensor] = {}  # shard index -> this rank's view of it
+        names = [hash_table(f.name, l) for f in module.compressed for l in range(self.levels)]
+        with warnings.catch_warnings():  # torch's ShardedTensor deprecation notice: TorchRec's state is one
+            warnings.simplefilter("ignore", FutureWarning)
+            for ti, name in enumerate(names):
+                st = state[f"embedding_bags.{name}.weight"]
+                if not isinstance(st, ShardedTensor):  # an unsharded module on one rank (device audit): one whole shard
+                    if self.world > 1:
+                        raise RuntimeError(f"{name} is not sharded: attach_sharded_cafe runs after DMP")
+                    self.local[len(shards)] = st
+                    shards.append([ti, 0, st.shape[0], 0, st.shape[1], rank])
+                    continue
+                mine = {tuple(sh.metadata.shard_offsets): sh.tensor for sh in st.local_shards()}
+                for md in st.metadata().shards_metadata:
+                    (r0, c0), (nr, nc) = md.shard_offsets, md.shard_sizes
+                    owner = md.placement.rank()  # type: ignore[union-attr]
+                    if owner == rank:
+                        self.local[len(shards)] = mine[(r0, c0)]
+                    shards.append([ti, r0, r0 + nr, c0, c0 + nc, owner])
+        cols = torch.tensor(shards, dtype=torch.int64, device=device)
+        self.r0, self.r1, self.owner = cols[:, 1], cols[:, 2], cols[:, 5]
+        self.count = torch.bincount(cols[:, 0], minlength=len(names))  # shards per table, listed table by table
+        self.first = torch.cumsum(self.count, 0) - self.count
+        self.columns = [(c0, c1) for _, _, _, c0, c1, _ in shards]  # host copies for the owner's reads
+
+    def read(self, fidx: torch.Tensor, level_rows: List[torch.Tensor]) -> torch.Tensor:
+        """fidx (n,) compressed-feature index, level_rows[l] (n,) hash rows -> (n, dim) fp32,
+        the sum over levels of those rows. Collective (every rank calls it, any n)."""
+        n, L = fidx.numel(), self.levels
+        key = torch.arange(n, device=fidx.device).repeat(L)  # (n L,) requests, level-major
+        table = torch.cat([fidx * L + l for l in range(L)])
+        row = torch.cat(level_rows)
+        # every (request, shard of its table) pair, kept where the shard holds the row
+        cnt = self.count[table]
+        req = torch.repeat_interleave(torch.arange(table.numel(), device=fidx.device), cnt)
+        shard = self.first[table][req] + torch.arange(req.numel(), device=fidx.device) - torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt, cnt)
+        hit = (self.r0[shard] <= row[req]) & (row[req] < self.r1[shard])
+        req, shard = req[hit], shard[hit]
+        ask = torch.stack([shard, row[req] - self.r0[shard]], 1)  # (m, 2): shard, row inside it
+        if self.world > 1:
+            got, order, send, recv = _exchange(ask, self.owner[shard], self.world, self.pg)
+        else:
+            got = ask
+        pieces = torch.zeros(got.shape[0], self.dim, dtype=torch.float32, device=fidx.device)
+        for s in torch.unique(got[:, 0]).tolist():  # this rank's shards that were asked for
+            sel = torch.nonzero(got[:, 0] == s).squeeze(1)
+            c0, c1 = self.columns[s]
+            pieces[sel, c0:c1] = self.local[s][got[sel, 1]].float()
+        if self.world > 1:
+            pieces = _send_back(pieces, order, send, recv, self.pg)
+        # level-major, column blocks disjoint: each value adds its levels in order (as the old sum)
+        return torch.zeros(n, self.dim, dtype=torch.float32, device=fidx.device).index_add_(0, key[req], pieces)
 
 
 def _empty_at(ranges: List[Tuple[int, int]], rank: int) -> int:

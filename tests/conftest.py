@@ -46,3 +46,15 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_multihot_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Like ``tiny_data`` with the last 3 features multi-hot (bags of 1-4 ids)."""
     return make_data(tmp_path_factory.mktemp("tiny_mh"), multi_hot_features=3)
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A 1-rank gloo process group in this process (the sharded code's collectives run)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        yield dist.group.WORLD
+    finally:
+        dist.destroy_process_group()

@@ -344,3 +344,37 @@ def test_factory_builds_cafe():
     assert isinstance(emb, CafeEmbedding) and emb.sketch.num_slots == emb.plan.hot_rows > 0
     out = emb(kjt(random_bags(np.random.default_rng(8), 4, multi_hot=True)))
     assert out.keys() == SCHEMA.sparse_names and out.values().shape == (4, 3 * DIM)
+
+
+def test_hash_row_reader_assembles_row_and_column_shards(one_rank_group):
+    """``HashRowReader`` (the sharded migration's read of promoted ids' hash rows) on tables
+    split into row shards and into column shards (all on rank 0 here; under DMP each on its
+    owner): every id's row is the sum over levels of its hash rows, bit for bit."""
+    from torch.distributed._shard.sharded_tensor import Shard, init_from_local_shards
+
+    from compactrec.sharding.cafe import HashRowReader
+
+    m, _ = make_cafe(hot_rows=8, levels=2, seed=4)
+    state, split = {}, 0
+    for name, bag in m.ebc.embedding_bags.items():
+        if not name.startswith("cafe_hash_"):
+            continue
+        w = bag.weight.data
+        r, d = w.shape
+        if split % 2 and r > 1:  # rows [0, r/2) and [r/2, r)
+            parts = [(w[: r // 2], [0, 0]), (w[r // 2 :], [r // 2, 0])]
+        else:  # columns [0, d/2) and [d/2, d)
+            parts = [(w[:, : d // 2], [0, 0]), (w[:, d // 2 :], [0, d // 2])]
+        split += 1
+        shards = [Shard.from_tensor_and_offsets(t.contiguous(), off, 0) for t, off in parts]  # column slices: copies
+        state[f"embedding_bags.{name}.weight"] = init_from_local_shards(shards, r, d, process_group=one_rank_group)
+    assert split == 4  # 2 features x 2 levels: both layouts for both levels
+    reader = HashRowReader(m, state, 0, one_rank_group)
+    keys = torch.cat([m.global_ids(f, torch.arange(n)) for f, n in BIG.items()])
+    got = reader.read(*m.key_hash_rows(keys))
+    start = 0
+    for f, n in BIG.items():
+        ids = torch.arange(n)
+        rows = [weight(m, hash_table(f, l))[m.hash_rows(f, ids, l)] for l in range(2)]
+        torch.testing.assert_close(got[start : start + n], rows[0] + rows[1], rtol=0, atol=0)
+        start += n

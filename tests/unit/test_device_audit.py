@@ -105,21 +105,9 @@ def test_reserved_rows_for_unseen_ids_stay_on_the_device(kind: str, fused: bool)
     assert audit.mixed == [], audit.mixed
 
 
-@pytest.fixture
-def one_rank_group(tmp_path):
-    """A 1-rank gloo process group in this process (the sharded code's collectives run)."""
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        yield dist.group.WORLD
-    finally:
-        dist.destroy_process_group()
-
-
 def test_sharded_cafe_routing_sketch_and_migration_stay_on_the_device(one_rank_group):
     """The sharded sketch's own code (owner routing, all_to_all queries, inserts with global
-    rounds and decay, row migration through the collection) on a 1-rank group."""
+    rounds and decay, row migration through HashRowReader) on a 1-rank group."""
     from compactrec.embeddings.cafe import HOT_TABLE
     from compactrec.sharding.cafe import ShardedCafeSketch
 
@@ -133,3 +121,4 @@ def test_sharded_cafe_routing_sketch_and_migration_stay_on_the_device(one_rank_g
             emb(_kjt(step)).values().square().sum().backward()
         assert emb.flush() >= 0 and int((router.local.owner >= 0).sum()) > 0  # promotions ran
     assert audit.mixed == [], audit.ops()
+
