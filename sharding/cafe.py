@@ -92,7 +92,8 @@ class ShardedCafeSketch:
     """The rank's part of one HotSketch and the collectives around it (see module doc)."""
 
     def __init__(self, module: CafeEmbedding, slot_ranges: List[Tuple[int, int]], hot_shard: torch.Tensor,
-                 pg: Optional[dist.ProcessGroup] = None) -> None:
+                 pg: Optional[dist.ProcessGroup] = None, state: Optional[Dict[str, torch.Tensor]] = None) -> None:
+        """``state``: ``module.ebc.state_dict()`` when the caller has it (built once at attach)."""
         self.module, self.pg = module, pg
         self.device = module._starts_t.device  # the module's device (a buffer: follows .to())
         self.rank, self.world = dist.get_rank(pg), dist.get_world_size(pg)
@@ -112,7 +113,7 @@ class ShardedCafeSketch:
         )
         self.hot_shard = hot_shard  # (s1 - s0, dim) view of this rank's rows of cafe_hot
         self.sync = _PGSync(pg, self.device)
-        self.hash_rows = HashRowReader(module, module.ebc.state_dict(), self.rank, pg)
+        self.hash_rows = HashRowReader(module, module.ebc.state_dict() if state is None else state, self.rank, pg)
 
     def owner_of(self, keys: torch.Tensor) -> torch.Tensor:
         bucket = hash_mod(keys, self.total_buckets, self.module.cfg.seed)
@@ -272,9 +273,9 @@ def after_load(model: nn.Module) -> int:
     return sum(m.router.rehome() for m in model.modules() if isinstance(m, CafeEmbedding) and m.router is not None)
 
 
-def _hot_shard(module: CafeEmbedding) -> Tuple[torch.Tensor, int, int]:
-    """This rank's rows of the hot table: (view, first row, row count)."""
-    st = module.ebc.state_dict()[f"embedding_bags.{HOT_TABLE}.weight"]
+def _hot_shard(module: CafeEmbedding, state: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, int, int]:
+    """This rank's rows of the hot table (``state``: ``module.ebc.state_dict()``): (view, first row, row count)."""
+    st = state[f"embedding_bags.{HOT_TABLE}.weight"]
     if not isinstance(st, ShardedTensor):
         raise RuntimeError("cafe_hot is not sharded: attach_sharded_cafe runs after DMP")
     shards = st.local_shards()
@@ -292,7 +293,8 @@ def attach_sharded_cafe(model: nn.Module, pg: Optional[dist.ProcessGroup] = None
     for module in model.modules():
         if not isinstance(module, CafeEmbedding) or module.sketch is None:
             continue
-        view, start, rows = _hot_shard(module)
+        state = module.ebc.state_dict()  # one build for the hot shard and the hash row reader
+        view, start, rows = _hot_shard(module, state)
         ranges = [None] * dist.get_world_size(pg)
         dist.all_gather_object(ranges, (start, start + rows), group=pg)
         ranges = [(lo, hi) if hi > lo else (0, 0) for lo, hi in ranges]
@@ -300,7 +302,7 @@ def attach_sharded_cafe(model: nn.Module, pg: Optional[dist.ProcessGroup] = None
         if [lo for lo, _ in covered][1:] != [hi for _, hi in covered][:-1] or covered[-1][1] != module.plan.hot_rows:
             raise RuntimeError(f"{HOT_TABLE} row shards {ranges} do not tile [0, {module.plan.hot_rows})")
         ranges = [(lo, hi) if hi > lo else (_empty_at(ranges, r),) * 2 for r, (lo, hi) in enumerate(ranges)]
-        router = ShardedCafeSketch(module, ranges, view, pg)
+        router = ShardedCafeSketch(module, ranges, view, pg, state)
         module.sketch = router.local
         module.router = router
         module._register_state_dict_hook(_state_hook)
