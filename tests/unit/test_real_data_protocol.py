@@ -69,3 +69,16 @@ def test_the_unreachable_row_states_the_methods_own_maximum(real_data, kind):
         build_embeddings(cfg, CompressionConfig(ratio=5000), schema, 16, torch.device("meta"), counts=counts)
     best = real_data.max_ratio(str(e.value))
     assert best is not None and f"reaches at most {best:.1f}x here" in str(e.value)
+
+
+def test_rows_compare_with_the_full_table_on_their_own_seeds(real_data):
+    from real_data_report import full_auc_on, verdict  # on sys.path once real_data.py is loaded
+
+    full = {"runs": [{"seed": s, "auc": 0.70 + 0.01 * s} for s in range(6)], "summary": {"auc": (0.725, 0.0)}}
+    points = {"full": full}
+    three = [{"seed": s} for s in range(3)]
+    assert full_auc_on(points, three) == pytest.approx(0.71)  # seeds 0-2 only
+    assert full_auc_on(points, [{"seed": s} for s in range(6)]) == pytest.approx(0.725)
+    assert full_auc_on(points, [{"seed": 9}]) == pytest.approx(0.725)  # no pairing possible: all seeds
+    row = {"summary": {"auc": (0.704, 0.0), "logloss": (0.6, 0.0)}, "target": 10.0}
+    assert verdict(row, 0.71, 0.69) == "yes" and verdict(row, 0.725, 0.69).startswith("no")  # 0.8% vs 2.9%
