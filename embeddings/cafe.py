@@ -306,9 +306,12 @@ class CafeEmbedding(CompressedEmbedding):
         per level at every sketch update)."""
         fidx = torch.searchsorted(self._starts_t, keys, right=True) - 1
         local = keys - self._starts_t[fidx]
-        return fidx, [
-            hash_remap(local, self._hash_rows_t[l][fidx], seed=self.cfg.seed + 1 + l) for l in range(self.cfg.levels)
-        ]
+        return fidx, [self._level_rows(local, self._hash_rows_t[l][fidx], l) for l in range(self.cfg.levels)]
+
+    def _level_rows(self, local: torch.Tensor, rows: torch.Tensor, level: int) -> torch.Tensor:
+        """Local ids (n,) -> their rows in level ``level``'s hash tables, ``rows`` (n,) the size
+        of each value's table: one ``hash_remap`` with per-value moduli (= ``hash_rows`` per feature)."""
+        return hash_remap(local, rows, seed=self.cfg.seed + 1 + level)
 
     # -------------------------------------------------------------------------- forward
 
@@ -368,7 +371,7 @@ class CafeEmbedding(CompressedEmbedding):
         targets, vals = [], []
         for l in range(levels):
             rows_l = self._hash_rows_t[l][fidx]  # (nnz,) this level's hashed rows per value
-            rows = hash_remap(local, rows_l, seed=self.cfg.seed + 1 + l)
+            rows = self._level_rows(local, rows_l, l)
             if known is not None:  # never-trained ids read the reserved row rows_l
                 rows = torch.where(known, rows, rows_l)
             if l == 0:  # a hot value is looked up once, in the hot table
