@@ -76,11 +76,16 @@ TYPES = {"full": EBC_TYPES, "hash": EBC_TYPES, "qr": EC_TYPES, "memcom": EC_TYPE
          "robe_z1": EC_TYPES, "robe_groups": ["row_wise", "table_wise"]}  # row-wise: at 3 and 4 ranks
 
 
-def _ranks(rank: int, world: int, data: str, runs: list, out: str) -> None:
-    """One process group for several (case, sharding) runs (start-up is the slow part)."""
+def _ranks(rank: int, world: int, data: str | dict, runs: list, out: str) -> None:
+    """One process group for several (case, sharding) runs (start-up is the slow part), or
+    (data key, case, sharding) runs with ``data`` a dict of data paths."""
     results = {}
-    for case, sharding in runs:
-        results[(case, sharding)] = _one(rank, world, data, case, sharding)
+    for run in runs:
+        path, (case, sharding) = (data, run) if len(run) == 2 else (data[run[0]], run[1:])
+        try:
+            results[run] = _one(rank, world, path, case, sharding)
+        except Exception as e:  # one process group runs many cases: name the one that broke
+            raise RuntimeError(f"rank {rank}: case {case}, {sharding}, on {path}: {e}") from e
     if rank == 0:
         torch.save(results, out)
 
@@ -274,25 +279,52 @@ def _check(results: dict, world: int, kernel_ops: dict = KERNEL_OPS) -> None:
                                        msg=lambda m: f"{where}: outputs after the reshard differ: {m}")
 
 
-@pytest.mark.distributed
-def test_fp16_tables_shard_like_unsharded(all_multihot_data: Path, tmp_path: Path):
-    """``embedding.precision=fp16``: every method on 2 ranks, row-wise and table-wise, against
-    the unsharded fp16 model; fp16 shards, fp32 optimizer state of the reported size."""
-    out = tmp_path / "result.pt"
-    runs = [(case, t) for case in FP16 for t in ("row_wise", "table_wise")]
-    spawn(_ranks, 2, str(all_multihot_data), runs, str(out))
+def _two_rank_runs(item: pytest.Item) -> list:
+    """The (data key, case, sharding) runs on 2 ranks that a test of this module checks."""
+    name = getattr(item, "originalname", item.name)
+    if name == "test_fp16_tables_shard_like_unsharded":
+        return [("all", case, t) for case in FP16 for t in ("row_wise", "table_wise")]
+    if name == "test_sharded_matches_unsharded_and_every_parameter_moves":
+        case = item.callspec.params["case"]
+        return [("all", case, t) for t in TYPES[case]]
+    if name == "test_one_hot_fast_path_sharded":
+        return [("one_hot", case, t) for case in ONE_HOT_KERNELS for t in EBC_TYPES]
+    return []
+
+
+@pytest.fixture(scope="module")
+def two_ranks(request, all_multihot_data: Path, tiny_multihot_data: Path, tmp_path_factory) -> dict:
+    """Every 2-rank run that the SELECTED tests of this module check, in one process group:
+    starting one (2 processes importing TorchRec) cost about as much as a case's runs, so
+    one per test spent ~9 s each. {(data key, case, sharding): rank 0's result}."""
+    runs = [r for item in request.session.items if item.module is request.module for r in _two_rank_runs(item)]
+    data = {"all": str(all_multihot_data), "one_hot": str(tiny_multihot_data)}
+    out = tmp_path_factory.mktemp("two_ranks") / "result.pt"
+    spawn(_ranks, 2, data, runs, str(out))
     results = torch.load(out, weights_only=False)
     assert list(results) == runs
+    return results
+
+
+def _of(results: dict, data: str, cases) -> dict:
+    """{(case, sharding): result} of ``data``'s runs of ``cases``, in run order."""
+    return {(c, t): r for (d, c, t), r in results.items() if d == data and c in cases}
+
+
+@pytest.mark.distributed
+def test_fp16_tables_shard_like_unsharded(two_ranks: dict):
+    """``embedding.precision=fp16``: every method on 2 ranks, row-wise and table-wise, against
+    the unsharded fp16 model; fp16 shards, fp32 optimizer state of the reported size."""
+    results = _of(two_ranks, "all", FP16)
+    assert list(results) == [(case, t) for case in FP16 for t in ("row_wise", "table_wise")]
     _check(results, 2)
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("case", list(TYPES))
-def test_sharded_matches_unsharded_and_every_parameter_moves(all_multihot_data: Path, tmp_path: Path, case):
+def test_sharded_matches_unsharded_and_every_parameter_moves(two_ranks: dict, case):
     """2 ranks, every sharding type that applies."""
-    out = tmp_path / "result.pt"
-    spawn(_ranks, 2, str(all_multihot_data), [(case, t) for t in TYPES[case]], str(out))
-    results = torch.load(out, weights_only=False)
+    results = _of(two_ranks, "all", [case])
     assert [t for _, t in results] == TYPES[case]
     _check(results, 2)
 
@@ -339,13 +371,10 @@ ONE_HOT_KERNELS = {"qr": set(), "memcom": {"hash_remap"}, "mixed_dim": {"project
 
 
 @pytest.mark.distributed
-def test_one_hot_fast_path_sharded(tiny_multihot_data: Path, tmp_path: Path):
+def test_one_hot_fast_path_sharded(two_ranks: dict):
     """``tiny_multihot_data``'s compressed (large) features are one-hot, its small ones
     multi-hot: QR, MEmCom and mixed-dim keep the compressed tables in the pooled EBC with the
     small ones (the one-hot fast path), so every EBC sharding type applies, table_row_wise too."""
-    out = tmp_path / "result.pt"
-    runs = [(case, t) for case in ONE_HOT_KERNELS for t in EBC_TYPES]
-    spawn(_ranks, 2, str(tiny_multihot_data), runs, str(out))
-    results = torch.load(out, weights_only=False)
-    assert list(results) == runs
+    results = _of(two_ranks, "one_hot", ONE_HOT_KERNELS)
+    assert list(results) == [(case, t) for case in ONE_HOT_KERNELS for t in EBC_TYPES]
     _check(results, 2, ONE_HOT_KERNELS)
