@@ -46,6 +46,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from compactrec.sharding.env import DistEnv, all_gather_object
 from compactrec.data.reader import fs
 from compactrec.data.reader.batch import Batch
+from compactrec.data.reader.columns import log1p_counts
 from compactrec.data.reader.manifest import FeatureSchema, Manifest
 from compactrec.data.datasets.side_tables import RankingSpec, SideColumns, check_spec, load_side, read_ranking_spec
 
@@ -144,7 +145,7 @@ def candidate_batch(
         side, rows = side_of(name)
         dense[:, j] = side.dense[name][rows]
     if dense_transform == "log1p":  # as the reader does (columns.convert)
-        np.log1p(np.fmax(dense, 0.0, out=dense), out=dense)
+        log1p_counts(dense)
     else:
         np.nan_to_num(dense, copy=False, nan=0.0)
     kjt = KeyedJaggedTensor(

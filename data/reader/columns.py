@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from compactrec.data.reader.manifest import FeatureSchema
 
@@ -262,11 +263,21 @@ def convert(
             d[j] = col
     replaced = _check_dense(d, dense_cols, table, schema, where, non_finite) if validate else 0
     if dense_transform == "log1p":
-        np.log1p(np.fmax(d, 0.0, out=d), out=d)  # fmax: NaN (a null count) -> 0, negatives -> 0
+        log1p_counts(d)
     else:
         np.nan_to_num(d, copy=False, nan=0.0)
     floats[-1] = label
     return RowBlock(ids_out, floats, bags, non_finite=replaced)
+
+
+def log1p_counts(d: np.ndarray) -> None:
+    """``data.dense_transform=log1p`` in place on float32 values (any shape): log(1 + max(x, 0)),
+    NaN (a null count) -> 0, negatives -> 0. The log1p is torch's, vectorised: numpy's float32
+    log1p runs one value at a time, 26 of ``convert``'s 31 ms per 125k-row row group on this
+    machine (docs/speed.md, "Reader"); the two agree to 1 ulp."""
+    np.fmax(d, 0.0, out=d)
+    t = torch.from_numpy(d)
+    torch.log1p(t, out=t)
 
 
 def _check_dense(d: np.ndarray, cols: List[np.ndarray], table: pa.Table, schema: FeatureSchema, where: str, policy: str) -> int:

@@ -65,6 +65,23 @@ def test_one_epoch_sees_every_row_once_shuffled_or_not(tiny_data: Path):
         assert got == want
 
 
+def test_log1p_transform_is_numpys_within_one_ulp_with_nulls_and_negatives_at_zero():
+    from compactrec.data.reader.columns import log1p_counts
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([
+        np.array([np.nan, -np.inf, -3.5, -0.0, 0.0, 1e-30, 1e-8, 1e-4, 0.5, 1, 7, 1e6, 3.4e38, np.inf], np.float32),
+        (rng.standard_normal(10_000) * 100).astype(np.float32),
+    ]).reshape(2, -1)  # 2-D, as the reader's (D, rows) block
+    want = np.log1p(np.fmax(x, 0.0))
+    got = x.copy()
+    log1p_counts(got)
+    assert not np.isnan(got).any() and got[0, :5].tolist() == [0.0] * 5  # null, -inf, negatives -> 0
+    assert got[0, 13] == np.inf
+    ulps = np.abs(got.view(np.int32).astype(np.int64) - want.view(np.int32).astype(np.int64))
+    assert ulps.max() <= 1, ulps.max()
+
+
 def test_kjt_matches_the_parquet_rows(tiny_multihot_data: Path):
     m = read_manifest(tiny_multihot_data)
     table = pq.read_table(tiny_multihot_data / m.splits["train"].files[0])
