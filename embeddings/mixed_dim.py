@@ -52,7 +52,6 @@ from compactrec.embeddings.base import (
     bag_ids,
     check_at_most_one,
     full_config,
-    group_columns,
     is_local,
     join_rows,
     split_features,
@@ -256,10 +255,6 @@ class MixedDimEmbedding(CompressedEmbedding):
                     head_rank = rank[head_ids].to(torch.int32)
                 self.register_buffer(f"head_ids_{f.name}", head_ids.to(device) if device else head_ids)
                 self.register_buffer(f"head_rank_{f.name}", head_rank.to(device) if device else head_rank)
-        # wide block key with a projection -> its feature; the runs cut per EBC key order
-        self._projected_owner = {k: f.name for f in big for k in self.block_keys[f.name]
-                                 if k in self.projections and k not in self.narrow_width}
-        self._run_cache: Dict[Tuple[str, ...], Tuple[List[List[str]], Dict[str, List[int]]]] = {}
         self.ebc = EmbeddingBagCollection(tables=tables, device=table_device(device))
         self.packed = EmbeddingCollection(tables=narrow, device=table_device(device)) if narrow else None
         self._routing_constants(big, plan, device)
@@ -373,11 +368,8 @@ class MixedDimEmbedding(CompressedEmbedding):
             values = torch.cat([small.values().to(torch.int64), values])
             lengths = torch.cat([small.lengths().to(torch.int32), lengths])
             lpk = small.length_per_key() + lpk
-        kt = self.ebc(KeyedJaggedTensor(keys=self.small + [k for g in groups[:3] for k in g], values=values,
-                                        lengths=lengths, length_per_key=lpk))
-        runs, run_of = self._runs(tuple(kt.keys()))
-        cols = group_columns(kt, runs)  # views of the EBC's output, one split
-        pooled = {run[0]: c for run, c in zip(runs, cols) if len(run) == 1}
+        pooled = self.ebc(KeyedJaggedTensor(keys=self.small + [k for g in groups[:3] for k in g], values=values,
+                                            lengths=lengths, length_per_key=lpk)).to_dict()
         if sizes[1] or sizes[2]:
             check_at_most_one(torch.cat(lens_g[1:3]), "mixed_dim packed blocks")
             bags = (target[order] * b + bag[order]).split(per_group)  # each value's (key, bag) slot
@@ -386,44 +378,10 @@ class MixedDimEmbedding(CompressedEmbedding):
         out = {n: pooled[n] for n in self.small}
         params = self.projections._parameters  # one module lookup, not one per block (nn.Module.__getattr__ is slow)
         for name in self.big:
-            # sum_k (B, d_k) @ (d_k, d), pooled per block first, projected once per bag: the
-            # identity blocks, then each run of projected wide blocks as ONE view of the EBC's
-            # output against its projections stacked in the run's order, then the packed blocks
-            blocks, projs = [], []
-            for k in self.block_keys[name]:
-                if k not in self.projections:
-                    blocks.append(pooled[k])
-                    projs.append(None)
-            for i in run_of[name]:
-                blocks.append(cols[i])
-                projs.append(params[runs[i][0]] if len(runs[i]) == 1 else torch.cat([params[k] for k in runs[i]]))
-            for k in self.block_keys[name]:
-                if k in self.narrow_width:
-                    blocks.append(pooled[k])
-                    projs.append(params[k])
-            out[name] = project_sum(blocks, projs)
+            keys = self.block_keys[name]
+            # sum_k (B, d_k) @ (d_k, d): pooled per block first, projected once per bag
+            out[name] = project_sum([pooled[k] for k in keys], [params.get(k) for k in keys])
         return out
-
-    def _runs(self, keys: Tuple[str, ...]) -> Tuple[List[List[str]], Dict[str, List[int]]]:
-        """The EBC output's keys cut into runs for ``group_columns``: consecutive projected wide
-        blocks of one feature form a run, every other key (small feature, identity block,
-        packed block) is a run of its own. Returns (runs, feature -> indices of its projected
-        runs); cached per key order (DMP fixes it at sharding: by sharding type, then table)."""
-        hit = self._run_cache.get(keys)
-        if hit is None:
-            owner = self._projected_owner
-            runs: List[List[str]] = []
-            run_of: Dict[str, List[int]] = {n: [] for n in self.big}
-            for k in keys:
-                f = owner.get(k)
-                if f is not None and runs and owner.get(runs[-1][-1]) == f:
-                    runs[-1].append(k)
-                    continue
-                runs.append([k])
-                if f is not None:
-                    run_of[f].append(len(runs) - 1)
-            hit = self._run_cache[keys] = (runs, run_of)
-        return hit
 
     def _locate_all(self, ids: torch.Tensor, fidx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``_locate`` for every compressed feature at once: ids (nnz,) local, fidx (nnz,) their

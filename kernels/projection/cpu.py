@@ -1,11 +1,10 @@
-"""project_sum on native ops: the identity blocks added, then one GEMM-accumulate per projected block.
+"""project_sum on native ops: ONE GEMM for all projected blocks, plus the identity adds.
 
-out = sum of the identity blocks (CAFE's hot and hash-level outputs, mixed-dim's full-width
-blocks), then out = addmm(out, x_k, P_k) per projected block: BLAS adds each product into the
-running sum (beta = 1), so no (B, d) temporary per block, and a block that is a column view of a
-wider tensor (mixed-dim's run of projected blocks in the EBC's output) is read in place, where
-concatenating the blocks for one GEMM copied them. Autograd supplies the gradients. Device-
-agnostic; compute in fp32 (as the reference), output in blocks[0]'s dtype.
+The projected blocks are concatenated, cat(x_k) (B, sum d_k) @ cat(P_k) (sum d_k, d): a single
+GEMM (the BLAS call with the best shape) instead of K thin ones and K-1 (B, d) adds; the
+identity blocks (CAFE's hot and hash-level outputs) are added in fp32. Autograd supplies the
+gradients (the GEMM's, split back per block by cat's backward). Device-agnostic; compute in
+fp32 (as the reference), output in blocks[0]'s dtype.
 """
 
 from __future__ import annotations
@@ -20,13 +19,15 @@ from compactrec.kernels.projection.reference import check_blocks
 def project_sum(blocks: Sequence[torch.Tensor], projections: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
     """K blocks (B, d_k), K projections (d_k, d) or None -> (B, d)."""
     check_blocks(blocks, projections)
+    projected = [(x, p) for x, p in zip(blocks, projections) if p is not None]
+    identity = [x for x, p in zip(blocks, projections) if p is None]
     out = None
-    for x, p in zip(blocks, projections):  # identity blocks first: the sum addmm accumulates into
-        if p is None:
-            out = x.float() if out is None else out + x.float()
-    for x, p in zip(blocks, projections):
-        if p is not None:
-            out = x.float() @ p.float() if out is None else torch.addmm(out, x.float(), p.float())
+    if projected:
+        xs = [x.float() for x, _ in projected]
+        ps = [p.float() for _, p in projected]
+        out = (xs[0] if len(xs) == 1 else torch.cat(xs, 1)) @ (ps[0] if len(ps) == 1 else torch.cat(ps, 0))
+    for x in identity:
+        out = x.float() if out is None else out + x.float()
     if out is blocks[0]:  # a lone fp32 identity block: never hand back the input itself
         out = out.clone()
     return out.to(blocks[0].dtype)
