@@ -1,21 +1,19 @@
 """``compactrec train`` the way Ray users run it, against a real ``ray start --head`` started
-here: as the entrypoint of ``ray job submit`` (RAY_ADDRESS set by the job supervisor), and as
-a plain command on a machine where the head is running (its address recorded in the Ray
-temp dir). Both attach to the head and pass no resources to ``ray.init`` (which Ray refuses
-when attaching); ``cluster.address=local`` starts a cluster of its own instead."""
+here: as the entrypoint of ``ray job submit`` (RAY_ADDRESS set by the job supervisor), it
+attaches to the head and passes no resources to ``ray.init`` (which Ray refuses when
+attaching); ``cluster.address=local`` starts a cluster of its own instead. As a plain command
+on a machine where the head is running (its address recorded in the Ray temp dir), it
+attaches too: tests/integration/test_two_nodes.py, the resumed run."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_submit import _env, ray_head
+from tests.integration.test_submit import ray_head
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).parent / "compactrec")
@@ -52,34 +50,21 @@ def test_a_recorded_head_that_died_is_not_attached(tmp_path: Path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.timeout(600)
-def test_train_attaches_inside_ray_job_submit_and_beside_a_head(tiny_data: Path, tmp_path: Path):
+def test_train_attaches_inside_ray_job_submit(tiny_data: Path, tmp_path: Path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    root = Path(tempfile.mkdtemp(prefix="cr-att-", dir="/tmp"))  # RAY_TMPDIR: Ray's temp dir is ROOT/ray
     runs = tmp_path / "runs"
     args = ["train", str(REPO / "configs" / "methods" / "full.yaml"), f"data.path={tiny_data}", f"runs_dir={runs}", *TINY]
-    try:
-        with ray_head(Path(sys.executable), tmp_path, temp=root / "ray") as (address, _):
-            client = JobSubmissionClient(address)
-            job = client.submit_job(entrypoint=" ".join([CLI, *args, "name=injob"]))  # `ray job submit -- compactrec train ...`
-            status = _wait(client, job)
-            log = client.get_job_logs(job)
-            assert status == JobStatus.SUCCEEDED, log[-4000:]
-            assert "compactrec: attaching to the Ray cluster at" in log, log[-4000:]
-            assert "num_cpus and num_gpus must not be provided" not in log
-            # a plain `compactrec train` on the head's machine finds the head it recorded
-            plain = subprocess.run([CLI, *args, "name=beside"], cwd=tmp_path, env=_env(RAY_TMPDIR=str(root)),
-                                   capture_output=True, text=True, timeout=400)
-            out = plain.stdout + plain.stderr
-            assert plain.returncode == 0, out[-4000:]
-            assert "compactrec: attaching to the Ray cluster at" in out, out[-4000:]
-    finally:
-        import shutil
-
-        shutil.rmtree(root, ignore_errors=True)
-    for name in ("injob", "beside"):
-        m = json.loads((runs / name / "latest" / "metrics.json").read_text())
-        assert m["world_size"] == 1 and m["steps"] == 8
+    with ray_head(Path(sys.executable), tmp_path) as (address, _):
+        client = JobSubmissionClient(address)
+        job = client.submit_job(entrypoint=" ".join([CLI, *args, "name=injob"]))  # `ray job submit -- compactrec train ...`
+        status = _wait(client, job)
+        log = client.get_job_logs(job)
+        assert status == JobStatus.SUCCEEDED, log[-4000:]
+        assert "compactrec: attaching to the Ray cluster at" in log, log[-4000:]
+        assert "num_cpus and num_gpus must not be provided" not in log
+    m = json.loads((runs / "injob" / "latest" / "metrics.json").read_text())
+    assert m["world_size"] == 1 and m["steps"] == 8
 
 
 def _wait(client, job: str, timeout_s: float = 400) -> str:

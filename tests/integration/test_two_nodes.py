@@ -2,19 +2,22 @@
 --address=...`` with its own CPUs, ports and temp dir. ``compactrec train`` attaches with
 ``cluster.address`` and trains 2 nodes x 2 workers (world size 4, 2 ranks per node), saves,
 and the run resumes on the head alone with 2 workers (the tables resharded 4 -> 2 ranks,
-CAFE's hot ids re-homed). Only the processes these tests started are stopped."""
+CAFE's hot ids re-homed), as a plain ``compactrec train`` without an address, which must
+find the head that ``ray start`` recorded on this machine. Only the processes these tests started are stopped."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 
@@ -71,12 +74,18 @@ def _wait_nodes(gcs: str, n: int, node: subprocess.Popen, log: Path, timeout_s: 
         time.sleep(2)
 
 
-def _train(gcs: str, workdir: Path, *args: str) -> str:
-    cmd = [CLI, "train", str(REPO / "configs" / "methods" / "cafe.yaml"), f"cluster.address={gcs}", *RUN, *args]
-    r = subprocess.run(cmd, cwd=workdir, env=_env(), capture_output=True, text=True, timeout=600)
+def _train(gcs: str, workdir: Path, *args: str, ray_tmpdir: Optional[Path] = None) -> str:
+    """``compactrec train`` with ``cluster.address=GCS``, or with no address and RAY_TMPDIR
+    set (``ray_tmpdir``): a plain command on the head's machine, which must find the head
+    that ``ray start`` recorded there (README, "Ray")."""
+    where = [] if ray_tmpdir else [f"cluster.address={gcs}"]
+    cmd = [CLI, "train", str(REPO / "configs" / "methods" / "cafe.yaml"), *where, *RUN, *args]
+    env = _env(RAY_TMPDIR=str(ray_tmpdir)) if ray_tmpdir else _env()
+    r = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-5000:]
-    assert f"compactrec: attaching to the Ray cluster at {gcs}" in out, out[-3000:]
+    port = gcs.rsplit(":", 1)[1]  # a recorded head may be named by the machine's address
+    assert re.search(rf"compactrec: attaching to the Ray cluster at \S+:{port}\b", out), out[-3000:]
     return out
 
 
@@ -88,14 +97,21 @@ def test_two_nodes_of_two_workers_train_save_and_resume_on_one_node(tiny_data: P
     common = [f"data.path={tiny_data}", f"runs_dir={runs}"]
     port = _free_port()
     gcs = f"127.0.0.1:{port}"  # the head's GCS
-    with ray_head(Path(sys.executable), tmp_path, num_cpus=2, gcs_port=port, node_ip="127.0.0.1") as (_, temp):
-        with ray_node(gcs, tmp_path, num_cpus=2, node_ip="127.0.0.2") as node:
-            _wait_nodes(gcs, 2, node, tmp_path / "ray-node2.log")
-            # 4 workers of 1 CPU on two 2-CPU nodes: Ray Train must place 2 on each
-            _train(gcs, tmp_path, *common, "name=wide", "cluster.num_workers=4")
-        _wait_nodes(gcs, 1, node, tmp_path / "ray-node2.log")  # the second node is gone
-        saved = runs / "wide" / "latest" / "checkpoints"
-        _train(gcs, tmp_path, *common, "name=narrow", "cluster.num_workers=2", f"trainer.resume_from={saved}")
+    root = Path(tempfile.mkdtemp(prefix="cr-2n-", dir="/tmp"))  # RAY_TMPDIR: Ray's temp dir is ROOT/ray
+    try:
+        with ray_head(Path(sys.executable), tmp_path, temp=root / "ray", num_cpus=2, gcs_port=port,
+                      node_ip="127.0.0.1") as (_, temp):
+            with ray_node(gcs, tmp_path, num_cpus=2, node_ip="127.0.0.2") as node:
+                _wait_nodes(gcs, 2, node, tmp_path / "ray-node2.log")
+                # 4 workers of 1 CPU on two 2-CPU nodes: Ray Train must place 2 on each
+                _train(gcs, tmp_path, *common, "name=wide", "cluster.num_workers=4")
+            _wait_nodes(gcs, 1, node, tmp_path / "ray-node2.log")  # the second node is gone
+            saved = runs / "wide" / "latest" / "checkpoints"
+            # a plain `compactrec train` beside the head: no address, it finds the recorded head
+            _train(gcs, tmp_path, *common, "name=narrow", "cluster.num_workers=2", f"trainer.resume_from={saved}",
+                   ray_tmpdir=root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     wide = json.loads((runs / "wide" / "latest" / "metrics.json").read_text())
     narrow = json.loads((runs / "narrow" / "latest" / "metrics.json").read_text())
     assert (wide["world_size"], wide["local_world_size"], wide["nodes"]) == (4, 2, 2), wide
