@@ -58,6 +58,7 @@ CASES = {
 FP16 = {f"{case}_fp16": (kind, [*o, "embedding.precision=fp16"])
         for case, (kind, o) in CASES.items() if case in ("full", "hash", "qr", "memcom", "mixed_dim", "cafe", "robe")}
 CASES.update(FP16)
+FP16_RUNS = [(case, t) for case in FP16 for t in ("row_wise", "table_wise")]  # fp16 on 2 ranks
 # The compactrec.kernels ops each method's sharded training step must run (counted at the
 # dispatch point): the composition over TorchRec's looked-up rows, and the id hashing.
 KERNEL_OPS = {
@@ -283,12 +284,12 @@ def _two_rank_runs(item: pytest.Item) -> list:
     """The (data key, case, sharding) runs on 2 ranks that a test of this module checks."""
     name = getattr(item, "originalname", item.name)
     if name == "test_fp16_tables_shard_like_unsharded":
-        return [("all", case, t) for case in FP16 for t in ("row_wise", "table_wise")]
+        return [("all", *run) for run in FP16_RUNS]
     if name == "test_sharded_matches_unsharded_and_every_parameter_moves":
         case = item.callspec.params["case"]
         return [("all", case, t) for t in TYPES[case]]
     if name == "test_one_hot_fast_path_sharded":
-        return [("one_hot", case, t) for case in ONE_HOT_KERNELS for t in EBC_TYPES]
+        return [("one_hot", *run) for run in ONE_HOT_RUNS]
     return []
 
 
@@ -316,7 +317,7 @@ def test_fp16_tables_shard_like_unsharded(two_ranks: dict):
     """``embedding.precision=fp16``: every method on 2 ranks, row-wise and table-wise, against
     the unsharded fp16 model; fp16 shards, fp32 optimizer state of the reported size."""
     results = _of(two_ranks, "all", FP16)
-    assert list(results) == [(case, t) for case in FP16 for t in ("row_wise", "table_wise")]
+    assert list(results) == FP16_RUNS
     _check(results, 2)
 
 
@@ -368,6 +369,7 @@ def test_cafe_on_one_rank(all_multihot_data: Path, tmp_path: Path):
 
 # One-hot compressed features compose after pooling (no compose-before-pool kernel runs).
 ONE_HOT_KERNELS = {"qr": set(), "memcom": {"hash_remap"}, "mixed_dim": {"project_sum"}}
+ONE_HOT_RUNS = [(case, t) for case in ONE_HOT_KERNELS for t in EBC_TYPES]
 
 
 @pytest.mark.distributed
@@ -376,5 +378,5 @@ def test_one_hot_fast_path_sharded(two_ranks: dict):
     multi-hot: QR, MEmCom and mixed-dim keep the compressed tables in the pooled EBC with the
     small ones (the one-hot fast path), so every EBC sharding type applies, table_row_wise too."""
     results = _of(two_ranks, "one_hot", ONE_HOT_KERNELS)
-    assert list(results) == [(case, t) for case in ONE_HOT_KERNELS for t in EBC_TYPES]
+    assert list(results) == ONE_HOT_RUNS
     _check(results, 2, ONE_HOT_KERNELS)

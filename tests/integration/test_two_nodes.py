@@ -3,7 +3,8 @@
 ``cluster.address`` and trains 2 nodes x 2 workers (world size 4, 2 ranks per node), saves,
 and the run resumes on the head alone with 2 workers (the tables resharded 4 -> 2 ranks,
 CAFE's hot ids re-homed), as a plain ``compactrec train`` without an address, which must
-find the head that ``ray start`` recorded on this machine. Only the processes these tests started are stopped."""
+find the head that ``ray start`` recorded on this machine. Only the processes these tests
+started are stopped."""
 
 from __future__ import annotations
 
