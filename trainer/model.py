@@ -20,6 +20,7 @@ from torch import nn
 from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRMTrain
 
 from compactrec.trainer.config import ModelConfig
+from compactrec.trainer.interaction import DotInteraction
 
 
 def build_model(
@@ -46,6 +47,9 @@ def _build_dlrm(cfg: ModelConfig, embeddings: nn.Module, num_dense: int, device:
             over_arch_layer_sizes=list(cfg.over_arch),
             dense_device=device,
         )
+        # the same interaction with a cheaper backward (trainer/interaction.py)
+        old = dlrm.inter_arch
+        dlrm.inter_arch = DotInteraction(old.F, device=old.triu_indices.device)
     else:
         dlrm = DLRM_DCN(
             embedding_bag_collection=embeddings,  # type: ignore[arg-type]
