@@ -81,6 +81,9 @@ def _run(rank: int, world: int, opts: dict) -> None:
     args = argparse.Namespace(**opts)
     quiet_third_party()
     torch.set_num_threads(1)
+    from compactrec.trainer.host_malloc import keep_freed_memory
+
+    keep_freed_memory()  # as every training worker does (cluster.keep_freed_memory)
     load_start = os.getloadavg()[0]
 
     from compactrec.cluster.run import ensure_data

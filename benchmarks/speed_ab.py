@@ -73,6 +73,9 @@ def main() -> int:
     p.add_argument("--methods", nargs="+", default=["full", "hash", "qr", "memcom", "mixed_dim", "cafe"])
     args = p.parse_args()
     torch.set_num_threads(1)
+    from compactrec.trainer.host_malloc import keep_freed_memory
+
+    keep_freed_memory()  # as every training worker does (cluster.keep_freed_memory)
     from compactrec.logs import quiet_third_party
     from compactrec.data.reader.manifest import read_manifest
     from compactrec.data.reader.parquet import ParquetReader

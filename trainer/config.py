@@ -278,6 +278,9 @@ class ClusterConfig:
     # "local": always a new local one; else this address (cluster/ray_address.py)
     address: str = ""
     torch_threads: int = 1  # intra-op threads per worker on CPU
+    # glibc malloc keeps freed memory in each worker: no page faults on every step's tensors
+    # (trainer/host_malloc.py; resident memory stays at its peak)
+    keep_freed_memory: bool = True
 
 
 @dataclass

@@ -20,6 +20,7 @@ import torch  # noqa: E402
 from compactrec.sharding.env import current_env  # noqa: E402
 from compactrec.trainer.checkpoint import META, CheckpointError, find_checkpoint, from_rank0, problem  # noqa: E402
 from compactrec.trainer.config import RunConfig, config_from_dict  # noqa: E402
+from compactrec.trainer.host_malloc import keep_freed_memory  # noqa: E402
 from compactrec.trainer.loop import checkpoint_root, train  # noqa: E402
 
 
@@ -65,6 +66,8 @@ def worker_main(config: Dict[str, Any]) -> Dict[str, Any]:
     """Train one rank; ``config`` is ``config_to_dict(RunConfig)`` (plain, picklable)."""
     quiet_third_party()
     cfg = config_from_dict(config)
+    if cfg.cluster.keep_freed_memory:
+        keep_freed_memory()
     if cfg.cluster.torch_threads > 0:
         torch.set_num_threads(cfg.cluster.torch_threads)
     env = current_env(cfg.trainer.device)
