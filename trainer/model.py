@@ -21,6 +21,7 @@ from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRMTrain
 
 from compactrec.trainer.config import ModelConfig
 from compactrec.trainer.interaction import DotInteraction
+from compactrec.trainer.sparse_arch import KeyedSparseArch
 
 
 def build_model(
@@ -60,6 +61,8 @@ def _build_dlrm(cfg: ModelConfig, embeddings: nn.Module, num_dense: int, device:
             dcn_low_rank_dim=cfg.dcn_low_rank_dim,
             dense_device=device,
         )
+    # the same (B, F, D), as a view of the pooled KeyedTensor (trainer/sparse_arch.py)
+    dlrm.sparse_arch = KeyedSparseArch(dlrm.sparse_arch.embedding_bag_collection)
     return dlrm
 
 
