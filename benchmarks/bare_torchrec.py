@@ -1,7 +1,7 @@
 """`compactrec train`'s full-table step against a bare TorchRec loop, same run, same batches.
 
     OMP_NUM_THREADS=1 python benchmarks/bare_torchrec.py [--batch-size 2048] [--rounds 5] [--steps 10] [--pipeline]
-        [--torchrec-interaction] [--world-size 1]
+        [--torchrec-arches] [--world-size 1]
 
 The bare loop is what a TorchRec user writes for the demo model: the same tables (one
 ``EmbeddingBagConfig`` per feature, dim 32), TorchRec's ``DLRMTrain`` with the same dense and
@@ -14,9 +14,10 @@ The CompactRec side is built as ``compactrec train`` builds it (``build_train_mo
 ``shard_model``, ``build_dense_engine``) and runs the loop's own step
 (``trainer.pipeline.train_step``) plus the loop's per-step bookkeeping (the loss summed on
 the device). ``--pipeline`` adds a contender: the bare model driven by TorchRec's
-``TrainPipelineSparseDist``; ``--torchrec-interaction`` another: CompactRec's loop with
-TorchRec's ``InteractionArch`` put back in place of ``DotInteraction``
-(``trainer/interaction.py``), which separates the loop's cost from the interaction's gain. Both models start from the same seed and read the same
+``TrainPipelineSparseDist``; ``--torchrec-arches`` another: CompactRec's loop with TorchRec's
+``SparseArch`` and ``InteractionArch`` put back in place of ``KeyedSparseArch`` and
+``DotInteraction`` (``trainer/sparse_arch.py``, ``trainer/interaction.py``), which separates
+the loop's cost from those two modules' gain. Both models start from the same seed and read the same
 pre-built ``Batch(dense, KJT, labels)`` list from the demo Parquet (each rank its own
 share, ``ParquetReader(rank=r, world_size=N)``).
 
@@ -102,8 +103,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--pipeline", action="store_true", help="also time the bare model under TrainPipelineSparseDist")
-    p.add_argument("--torchrec-interaction", action="store_true",
-                   help="also time CompactRec's loop with TorchRec's own InteractionArch (the loop alone)")
+    p.add_argument("--torchrec-arches", "--torchrec-interaction", dest="torchrec_arches", action="store_true",
+                   help="also time CompactRec's loop with TorchRec's own SparseArch and InteractionArch (the loop alone)")
     p.add_argument("--world-size", type=int, default=1, help="gloo ranks (local processes)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -154,20 +155,21 @@ def _run(rank: int, world: int, opts: dict) -> None:
             if len(batches) == need:
                 break
 
-    def build_ours(torchrec_interaction: bool = False):
+    def build_ours(torchrec_arches: bool = False):
         with tables_on("meta"):
             model = build_train_model(cfg, manifest, env.device)
-            if torchrec_interaction:  # TorchRec's interaction back in place of DotInteraction
-                from torchrec.models.dlrm import InteractionArch
+            if torchrec_arches:  # TorchRec's arches back in place of KeyedSparseArch, DotInteraction
+                from torchrec.models.dlrm import InteractionArch, SparseArch
 
                 for mod in model.modules():
                     if hasattr(mod, "inter_arch"):
                         mod.inter_arch = InteractionArch(mod.inter_arch.F)
+                        mod.sparse_arch = SparseArch(mod.sparse_arch.embedding_bag_collection)
             model = shard_model(model, cfg.sharding.types, cfg.sharding.per_table, env)
         return model, build_dense_engine(cfg.dense, cfg.optim, model, env), LossWindow(env.device)
 
     ours, engine, window = build_ours()
-    alt = build_ours(torchrec_interaction=True) if args.torchrec_interaction else None
+    alt = build_ours(torchrec_arches=True) if args.torchrec_arches else None
     bare, bare_opt = bare_model(cfg, manifest, env.device, world)
     piped, piped_opt = bare_model(cfg, manifest, env.device, world) if args.pipeline else (None, None)
     pipe = sparse_dist_pipeline(piped, piped_opt, env.device) if args.pipeline else None
@@ -197,7 +199,7 @@ def _run(rank: int, world: int, opts: dict) -> None:
 
     runs: Dict[str, Callable] = {"compactrec": run_ours, "bare torchrec": run_bare}
     if alt is not None:
-        runs["compactrec, TorchRec's InteractionArch"] = run_alt
+        runs["compactrec, TorchRec's arches"] = run_alt
     if pipe is not None:
         runs["bare + TrainPipelineSparseDist"] = run_pipe
     # Each contender gets its own copy of the batches: a KJT caches what TorchRec computes
