@@ -15,7 +15,9 @@ reader / bare is the median of the paired repeats' CPU-time ratios, with [min, m
 4. the trainer's consumption: samples per CPU-second of the full-table DLRM's training step
    (one gloo rank, one thread, built as ``compactrec train`` builds it), printed next to
    the reader's rows per CPU-second: both are per core.
-Everything runs on one thread (OMP / arrow threads = 1). Goal: reader >= 70% of bare.
+Everything runs on one thread (OMP / arrow threads = 1), with malloc keeping freed memory as
+in a training worker (``--default-malloc``: glibc's defaults; both passes share the process).
+Goal: reader >= 70% of bare.
 """
 
 from __future__ import annotations
@@ -145,8 +147,14 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--json", default=None, help="also write the figures here")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="glibc's default malloc (the training workers keep freed memory: trainer/host_malloc.py)")
     args = p.parse_args()
     quiet_third_party()
+    if not args.default_malloc:
+        from compactrec.trainer.host_malloc import keep_freed_memory
+
+        keep_freed_memory()  # as in a training worker (cluster.keep_freed_memory); both passes share it
     torch.set_num_threads(1)
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)

@@ -3,8 +3,9 @@
 TorchRec computes the Gram matrix G = C C^T of the stacked vectors C = [dense; e_1 .. e_F]
 (B, F + 1, D) with one ``bmm`` and picks its upper triangle with advanced indexing
 ``G[:, i, j]``. On CPU that pick's backward (``index_put_`` with accumulation) and autograd's
-two ``bmm`` for G's two operands cost more than the forward: 2.0x the time of what is here at
-B=128 and 1.7x at B=2048 (dim 32, F = 26; ``docs/speed.md``, "The interaction").
+two ``bmm`` for G's two operands cost more than the forward: TorchRec's forward + backward
+takes 1.76x the time of this one at B=128 and 1.78x at B=2048 (dim 32, F = 26;
+``benchmarks/interaction.py``; ``docs/speed.md``, "The interaction").
 
 ``DotInteraction`` gives the same output (bit-identical forward) through ``PairwiseDots``
 (``trainer/pairwise_dots.py``: a ``gather`` forward, a ``scatter_`` + one ``bmm`` backward);
