@@ -113,15 +113,9 @@ def main() -> int:
     from compactrec.trainer.config import load_config
 
     ensure_data(load_config(None, [f"data.path={args.data}", "data.synthesize_if_missing=true"]))
-    if args.world_size == 1:
-        from compactrec.sharding.env import free_port, init_process_group
+    from compactrec.sharding.env import run_ranks
 
-        init_process_group(0, 1, free_port())
-        _run(0, 1, vars(args))
-    else:
-        from compactrec.sharding.env import spawn
-
-        spawn(_run, args.world_size, vars(args))
+    run_ranks(_run, args.world_size, vars(args))
     return 0
 
 

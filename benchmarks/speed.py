@@ -64,15 +64,9 @@ def main() -> int:
                    help="MLPerf DLRMv2's dense part (DCNv2, dim 128, bottom 512-256-128, top 1024-1024-512-256-1)")
     p.add_argument("--world-size", type=int, default=1, help="gloo ranks (local processes)")
     args = p.parse_args()
-    if args.world_size == 1:
-        from compactrec.sharding.env import free_port, init_process_group
+    from compactrec.sharding.env import run_ranks
 
-        init_process_group(0, 1, free_port())
-        _run(0, 1, vars(args))
-    else:
-        from compactrec.sharding.env import spawn
-
-        spawn(_run, args.world_size, vars(args))
+    run_ranks(_run, args.world_size, vars(args))
     return 0
 
 

@@ -123,6 +123,16 @@ def spawn(fn: Callable[..., None], world_size: int, *args: Any, backend: str = "
     )
 
 
+def run_ranks(fn: Callable[..., None], world_size: int, *args: Any) -> None:
+    """``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks: one rank in this process
+    (a process group of one, as DMP needs), more through ``spawn``."""
+    if world_size == 1:
+        init_process_group(0, 1, free_port())
+        fn(0, 1, *args)
+    else:
+        spawn(fn, world_size, *args)
+
+
 def all_gather_object(obj: Any) -> List[Any]:
     """Every rank's ``obj``, in rank order (a list of one without a process group)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
