@@ -7,7 +7,9 @@ forward, and in backward the split's gradient is another concatenation. When the
 come in the arch's feature order, each D wide (what TorchRec's collections, sharded or not, and
 every CompactRec embedding return), that round trip is the identity, and the values viewed as
 (B, F, D) are the same tensor: bit-identical output and gradients, two (B, F * D) copies fewer
-per step (~7 MB each at B=2048, F=26, D=32). Any other layout takes TorchRec's path.
+per step (~7 MB each at B=2048, F=26, D=32). Any other layout takes TorchRec's path. The
+choice is a ``torch.fx.wrap``ped function, so TorchRec's ``TrainPipelineSparseDist`` still
+traces the model.
 """
 
 from __future__ import annotations
@@ -19,18 +21,24 @@ from torchrec.models.dlrm import SparseArch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 
+def pooled_features(kt: KeyedTensor, names: List[str], f: int, d: int) -> torch.Tensor:
+    """(B, f, d) from ``kt``: a view of its values when its keys are ``names`` in order, each d
+    wide (one contiguous 2-D block); else TorchRec's split into a dict + ``cat`` in order."""
+    values = kt.values()
+    if (kt.key_dim() == 1 and values.dim() == 2 and values.is_contiguous() and kt.keys() == names
+            and all(n == d for n in kt.length_per_key())):
+        return values.view(-1, f, d)
+    sparse = kt.to_dict()
+    return torch.cat([sparse[name] for name in names], dim=1).reshape(-1, f, d)
+
+
+# A leaf for torch.fx: TorchRec's train pipeline traces the model to find the KJTs that feed
+# sharded modules, and the key check above is Python control flow, which a trace cannot take.
+torch.fx.wrap("pooled_features")
+
+
 class KeyedSparseArch(SparseArch):
     """``SparseArch(embedding_bag_collection)``: features (KJT) -> (B, F, D)."""
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
-        kt: KeyedTensor = self.embedding_bag_collection(features)
-        if self._in_order(kt):
-            return kt.values().view(-1, self.F, self.D)
-        sparse = kt.to_dict()  # TorchRec's own path
-        return torch.cat([sparse[name] for name in self.sparse_feature_names], dim=1).reshape(-1, self.F, self.D)
-
-    def _in_order(self, kt: KeyedTensor) -> bool:
-        keys: List[str] = kt.keys()
-        values = kt.values()
-        return (kt.key_dim() == 1 and values.dim() == 2 and values.is_contiguous()
-                and keys == self.sparse_feature_names and all(n == self.D for n in kt.length_per_key()))
+        return pooled_features(self.embedding_bag_collection(features), self._sparse_feature_names, self.F, self.D)
