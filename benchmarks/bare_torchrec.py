@@ -135,6 +135,7 @@ def _run(rank: int, world: int, opts: dict) -> None:
     from compactrec.trainer.dense_engine import build_dense_engine
     from compactrec.trainer.loop import LossWindow, build_train_model
     from compactrec.trainer.pipeline import sparse_dist_pipeline, train_step
+    from speed import take_batches  # benchmarks/speed.py
 
     cfg = load_config(None, [f"data.path={args.data}", "embedding.kind=full", f"data.batch_size={args.batch_size}"])
     env = DistEnv(rank, world, rank, torch.device("cpu"))
@@ -142,12 +143,7 @@ def _run(rank: int, world: int, opts: dict) -> None:
     need = (args.rounds + 1) * args.steps
     reader = ParquetReader(manifest.split_files(args.data, "train"), manifest.schema, args.batch_size, shuffle=True,
                            rank=rank, world_size=world)
-    batches = []
-    while len(batches) < need:  # epochs until enough batches (the demo has ~100 of 2048)
-        for b in reader.epoch(len(batches)):
-            batches.append(b)
-            if len(batches) == need:
-                break
+    batches = take_batches(reader, need)
 
     def build_ours(torchrec_arches: bool = False):
         with tables_on("meta"):
@@ -162,15 +158,20 @@ def _run(rank: int, world: int, opts: dict) -> None:
             model = shard_model(model, cfg.sharding.types, cfg.sharding.per_table, env)
         return model, build_dense_engine(cfg.dense, cfg.optim, model, env), LossWindow(env.device)
 
-    ours, engine, window = build_ours()
+    ours = build_ours()
     alt = build_ours(torchrec_arches=True) if args.torchrec_arches else None
     bare, bare_opt = bare_model(cfg, manifest, env.device, world)
     piped, piped_opt = bare_model(cfg, manifest, env.device, world) if args.pipeline else (None, None)
     pipe = sparse_dist_pipeline(piped, piped_opt, env.device) if args.pipeline else None
 
-    def run_ours(chunk) -> None:
-        for b in chunk:
-            window.add(train_step(engine, b, env.device))  # the loop's step and its bookkeeping
+    def loop(side) -> Callable:
+        """CompactRec's loop over one built (model, engine, loss window)."""
+        _, engine, window = side
+
+        def run(chunk) -> None:
+            for b in chunk:
+                window.add(train_step(engine, b, env.device))  # the loop's step and its bookkeeping
+        return run
 
     def run_bare(chunk) -> None:
         for b in chunk:
@@ -187,13 +188,9 @@ def _run(rank: int, world: int, opts: dict) -> None:
         except StopIteration:
             pass
 
-    def run_alt(chunk) -> None:
-        for b in chunk:
-            alt[2].add(train_step(alt[1], b, env.device))
-
-    runs: Dict[str, Callable] = {"compactrec": run_ours, "bare torchrec": run_bare}
+    runs: Dict[str, Callable] = {"compactrec": loop(ours), "bare torchrec": run_bare}
     if alt is not None:
-        runs["compactrec, TorchRec's arches"] = run_alt
+        runs["compactrec, TorchRec's arches"] = loop(alt)
     if pipe is not None:
         runs["bare + TrainPipelineSparseDist"] = run_pipe
     # Each contender gets its own copy of the batches: a KJT caches what TorchRec computes
@@ -222,7 +219,7 @@ def _run(rank: int, world: int, opts: dict) -> None:
     wall_ratio = {k: [b / o for b, o in zip(wall["bare torchrec"], wall[k])] for k in runs}
     print(f"demo DLRM (full tables, dim {cfg.model.embedding_dim}), batch {args.batch_size} per rank, {world} gloo "
           f"rank(s), {args.rounds} rounds x {args.steps} steps, load average {load_start:.1f} -> {load_end:.1f}")
-    print(f"plans: compactrec {plan_summary(ours)}; bare {plan_summary(bare)}")
+    print(f"plans: compactrec {plan_summary(ours[0])}; bare {plan_summary(bare)}")
     print("| loop | CPU ms / step | wall ms / step | speed vs bare (median [min, max] of per-round CPU ratios) | wall ratio |")
     print("|---|---|---|---|---|")
     for k in runs:

@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 SETTINGS = ("default", "keep")
@@ -48,23 +47,16 @@ def child(args) -> None:
     from compactrec.trainer.loop import build_train_model
     from compactrec.trainer.optim import build_optimizer
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from speed import _build
+    from speed import _build, method_overrides, take_batches  # benchmarks/speed.py
 
     init_process_group(0, 1, free_port())
     env = DistEnv(0, 1, 0, torch.device("cpu"))
     manifest = read_manifest(args.data)
     reader = ParquetReader(manifest.split_files(args.data, "train"), manifest.schema, args.batch_size, shuffle=True)
-    batches = []
-    while len(batches) < args.steps + 10:
-        for b in reader.epoch(len(batches)):
-            batches.append(b)
-            if len(batches) == args.steps + 10:
-                break
+    batches = take_batches(reader, args.steps + 10)
     out = {}
     for kind in args.methods:
-        over = [f"data.path={args.data}", f"embedding.kind={kind}"] + ([] if kind == "full" else ["compression.ratio=16"])
-        cfg = load_config(None, over)
+        cfg = load_config(None, method_overrides(kind, args.data))
         model = shard_model(_build(build_train_model, cfg, manifest, env), cfg.sharding.types, {}, env)
         opt = build_optimizer(model, cfg.optim)
         data = copy.deepcopy(batches)  # a KJT caches what TorchRec computes from it

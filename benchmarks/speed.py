@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import List
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -36,6 +37,24 @@ import torch  # noqa: E402
 from compactrec.logs import quiet_third_party  # noqa: E402
 
 METHODS = ["full", "hash", "qr", "memcom", "mixed_dim", "cafe", "robe"]
+
+
+def method_overrides(kind: str, data: str, ratio: float = 16) -> List[str]:
+    """One method's config overrides as the speed benchmarks build it: the demo data at
+    ``ratio``x (the full table at 1x)."""
+    return [f"data.path={data}", f"embedding.kind={kind}"] + ([] if kind == "full" else [f"compression.ratio={ratio}"])
+
+
+def take_batches(reader, n: int) -> list:
+    """The reader's first ``n`` batches, over as many epochs as that takes (the demo has ~100
+    of 2048 per epoch)."""
+    batches = []
+    while len(batches) < n:
+        for b in reader.epoch(len(batches)):
+            batches.append(b)
+            if len(batches) == n:
+                break
+    return batches
 
 
 def _build(build_train_model, cfg, manifest, env):
@@ -98,18 +117,12 @@ def _run(rank: int, world: int, opts: dict) -> None:
     need = (args.rounds + 1) * args.steps
     reader = ParquetReader(manifest.split_files(args.data, "train"), manifest.schema, args.batch_size, shuffle=True,
                            rank=rank, world_size=world)
-    batches = []
-    while len(batches) < need:  # more epochs when one has too few batches
-        for b in reader.epoch(len(batches)):
-            batches.append(b)
-            if len(batches) == need:
-                break
+    batches = take_batches(reader, need)
     runs = {}
     for name in args.methods:
         method, _, knobs = name.partition(":")  # "cafe:embedding.cafe.update_every=8": with overrides
         kind, _, precision = method.partition("+")  # "hash+fp16": hash with fp16 tables, same bytes
-        over = [f"data.path={args.data}", f"embedding.kind={kind}"] + ([] if kind == "full" else [f"compression.ratio={args.ratio}"])
-        over += [k for k in knobs.split(",") if k]
+        over = method_overrides(kind, args.data, args.ratio) + [k for k in knobs.split(",") if k]
         over += [f"embedding.precision={precision}"] if precision else []
         if args.mlperf_model:
             over += ["model.arch=dcn", "model.embedding_dim=128", "model.dense_arch=[512,256,128]",

@@ -33,6 +33,7 @@ from typing import Dict, List, Tuple
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
+from speed import method_overrides, take_batches  # noqa: E402  (benchmarks/speed.py)
 
 BEFORE = "compactrec_before"
 FOLDERS = ("embeddings", "kernels", "sharding", "trainer", "data", "cluster")
@@ -54,8 +55,7 @@ def export_revision(rev: str, root: Path) -> None:
 
 def build(version: str, kind: str, data: str, env) -> Tuple[torch.nn.Module, torch.optim.Optimizer]:
     mod = lambda name: importlib.import_module(f"{version}.{name}")  # noqa: E731
-    cfg = mod("trainer.config").load_config(None, [f"data.path={data}", f"embedding.kind={kind}"]
-                                             + ([] if kind == "full" else ["compression.ratio=16"]))
+    cfg = mod("trainer.config").load_config(None, method_overrides(kind, data))
     manifest = mod("data.reader.manifest").read_manifest(data)
     with mod("embeddings.base").tables_on("meta"):
         unsharded = mod("trainer.loop").build_train_model(cfg, manifest, env.device)
@@ -90,12 +90,7 @@ def main() -> int:
     manifest = read_manifest(args.data)
     need = (args.rounds + 1) * args.steps
     reader = ParquetReader(manifest.split_files(args.data, "train"), manifest.schema, args.batch_size, shuffle=True)
-    batches: List = []
-    while len(batches) < need:
-        for b in reader.epoch(len(batches)):
-            batches.append(b)
-            if len(batches) == need:
-                break
+    batches = take_batches(reader, need)
     versions = (BEFORE, "compactrec")
     runs = {(v, k): build(v, k, args.data, env) for v in versions for k in args.methods}
     data = {key: copy.deepcopy(batches) for key in runs}  # no KJT caches shared between models
