@@ -654,7 +654,7 @@ def check_interaction(a, inp: Inputs, cuda: bool) -> Dict:
             entry.update(compare(got, want, ["out", "c"], dtype))
         else:  # bf16: both gradients against float64; ours may not be further off than TorchRec's
             c64 = c.detach().double().requires_grad_(True)
-            exact = forward_backward(lambda: pair_fns(n)["torchrec"](c64), [c64], g.double())[1]
+            exact = forward_backward(lambda: fns["torchrec"](c64), [c64], g.double())[1]
             err = {k: float((v[1].double() - exact).abs().max()) for k, v in (("ours", got), ("torchrec", want))}
             entry.update(ok=err["ours"] <= 1.5 * err["torchrec"] + 1e-6, max_abs_err_vs_float64=err,
                          problems=[] if err["ours"] <= 1.5 * err["torchrec"] + 1e-6 else [f"gradient error {err}"])
@@ -689,14 +689,12 @@ def check_interaction(a, inp: Inputs, cuda: bool) -> Dict:
 
 # ---------------------------------------------------------------- main
 def save(report: Dict, path: str) -> Path:
-    """The report as JSON, written to a temporary name and renamed (a run cut off mid-timing
-    leaves the last whole report, not half a file)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1, default=str))
-    tmp.replace(out)
-    return out
+    """The report as JSON, written atomically (``compactrec.io``, stdlib only: a run cut off
+    mid-timing leaves the last whole report, not half a file)."""
+    from compactrec.io import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(report, indent=1, default=str))
+
 
 def main(argv=None) -> int:
     a = parse_args(argv)

@@ -9,7 +9,7 @@ matrix, the pooled embeddings, their gradients, ~7 MB each at B=2048), so under 
 heuristics many of them come back as new pages: each first touch is a page fault plus
 zeroing 4 KiB, about 2.5 us here. Measured on the demo's full-table step (B=2048, one
 thread): 240 to 4,700 minor faults per step with the defaults, depending on the order in
-which sizes were seen (about 1 to 12 ms of a 25-50 ms step), ~70 with this
+which sizes were seen (about 1 to 12 ms of a 25-50 ms step), ~100 with this
 (``benchmarks/host_malloc.py``; ``docs/speed.md``, "Host memory").
 
 ``keep_freed_memory`` fixes the three thresholds (which also switches glibc's dynamic
